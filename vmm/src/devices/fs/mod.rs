@@ -1,0 +1,1 @@
+//! virtio-fs backend: fuse-backend-rs passthrough confined to the sandbox share.

@@ -1,0 +1,4 @@
+//! Virtio device backends, independent of the transport that carries them.
+
+pub mod fs;
+pub mod vsock;

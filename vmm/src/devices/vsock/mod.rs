@@ -1,0 +1,1 @@
+//! virtio-vsock backend: hybrid vsock over Unix sockets (Firecracker protocol).

@@ -1,0 +1,12 @@
+//! husk's embedded VMM.
+//!
+//! - [`devices`]: virtio device backends (vsock, fs), written once against
+//!   `virtio-queue` and `vm-memory`, independent of the transport.
+//! - [`vhost_user`]: serves those backends to QEMU over vhost-user.
+//! - [`virtio`]: the virtio-mmio transport used by the builtin VMM.
+//! - [`machine`]: the KVM machine (memory, vCPUs, boot, legacy devices).
+
+pub mod devices;
+pub mod machine;
+pub mod vhost_user;
+pub mod virtio;

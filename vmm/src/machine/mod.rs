@@ -1,0 +1,1 @@
+//! The KVM machine: guest memory, vCPUs, Linux boot and legacy devices.

@@ -1,0 +1,1 @@
+//! Serving husk device backends to QEMU over vhost-user.

@@ -1,0 +1,1 @@
+//! The virtio-mmio transport of the builtin VMM.
