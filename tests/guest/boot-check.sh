@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Boot husk's guest kernel under QEMU TCG (microvm, no ACPI, no PCI) with an
+# initrd whose /init is tests/guest/init-check.c, and check its verdict on
+# the serial console. Then boot it again with a virtio-mmio block device on
+# the command line, to prove the virtio_mmio.device= path.
+#
+# Usage: tests/guest/boot-check.sh [--kernel VMLINUX]
+#   without --kernel, guest-kernel/build.sh builds or finds the cached one.
+# Env: HUSK_BOOT_TIMEOUT (seconds per boot, default 60),
+#      HUSK_INITRD_COMPRESS (gzip|none, default gzip).
+# Exits non-zero if any boot does not print "HUSK-GUEST-CHECK OK".
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+readonly HERE
+readonly ROOT=$HERE/../..
+readonly TIMEOUT=${HUSK_BOOT_TIMEOUT:-60}
+readonly COMPRESS=${HUSK_INITRD_COMPRESS:-gzip}
+
+log() { printf 'boot-check: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+kernel=
+case ${1:-} in
+"") ;;
+--kernel)
+    [[ $# -eq 2 && -f $2 ]] || die "--kernel needs an existing file"
+    kernel=$2
+    ;;
+*) die "usage: $0 [--kernel VMLINUX]" ;;
+esac
+
+need=()
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+command -v gcc >/dev/null || need+=(gcc)
+[[ -e /usr/lib/x86_64-linux-gnu/libc.a ]] || need+=(libc6-dev)
+command -v cpio >/dev/null || need+=(cpio)
+if [[ ${#need[@]} -gt 0 ]]; then
+    log "installing ${need[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need[@]}" >&2
+fi
+
+if [[ -z $kernel ]]; then
+    kernel=$("$ROOT/guest-kernel/build.sh" | tail -n 1)
+fi
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+gcc -static -Os -s -Wall -Wextra -Werror -o "$work/init-check" "$HERE/init-check.c"
+"$ROOT/guest-image/build.sh" --compress "$COMPRESS" "$work/init-check" "$work/initrd" >&2
+
+# boot NAME EXTRA_CMDLINE [QEMU_ARGS...]: one boot, serial output in
+# $work/NAME.log; fails unless the OK line shows up before the timeout.
+boot() {
+    local name=$1 extra=$2 start ok_ms rc=0
+    shift 2
+    start=$(date +%s%N)
+    # The serial console is piped through a timestamping reader so the time
+    # from QEMU start to the OK line is measured on the host.
+    timeout --kill-after=5 "$TIMEOUT" qemu-system-x86_64 \
+        -M microvm,acpi=off -accel tcg -cpu max -m 256 -smp 2 \
+        -nodefaults -no-user-config -nographic -serial stdio \
+        -kernel "$kernel" -initrd "$work/initrd" \
+        -append "console=ttyS0 reboot=t panic=-1 quiet $extra" \
+        -no-reboot "$@" </dev/null 2>&1 |
+        while IFS= read -r line; do
+            line=${line%$'\r'}
+            printf '%s\n' "$line"
+            if [[ $line == "HUSK-GUEST-CHECK OK" ]]; then
+                printf '%s\n' "$((($(date +%s%N) - start) / 1000000))" >"$work/$name.ok-ms"
+            fi
+        done >"$work/$name.log" || rc=$?
+    sed 's/^/  | /' "$work/$name.log" >&2
+    if [[ $rc -ne 0 ]]; then
+        log "$name: qemu failed or timed out after ${TIMEOUT}s (status $rc)"
+        return 1
+    fi
+    if [[ ! -f $work/$name.ok-ms ]]; then
+        log "$name: no HUSK-GUEST-CHECK OK line"
+        return 1
+    fi
+    ok_ms=$(<"$work/$name.ok-ms")
+    log "$name: OK ${ok_ms} ms after QEMU start"
+    printf '%s %s\n' "$name" "$ok_ms" >>"$work/results"
+}
+
+failed=0
+boot plain "" || failed=1
+
+truncate -s 1M "$work/disk.img"
+boot virtio-mmio "husk_check=virtio-blk" \
+    -drive "id=disk,file=$work/disk.img,format=raw,if=none" \
+    -device virtio-blk-device,drive=disk || failed=1
+
+[[ $failed -eq 0 ]] || die "guest boot check failed"
+log "kernel $kernel"
+log "initrd $(stat -c %s "$work/initrd") bytes ($COMPRESS)"
+sed 's/^/boot-check: ok-ms /' "$work/results" >&2
+echo "2 passed, 0 failed"
