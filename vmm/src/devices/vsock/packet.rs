@@ -1,0 +1,108 @@
+//! The virtio-vsock packet header: field values of the spec and an owned copy
+//! of the header that the rest of the device works with.
+//!
+//! Descriptor-chain parsing itself is `virtio-vsock`'s `VsockPacket`; this
+//! module only turns its getters and setters into one plain value.
+
+use virtio_vsock::packet::VsockPacket;
+use vm_memory::bitmap::BitmapSlice;
+
+/// The well-known CID of the host.
+pub const HOST_CID: u64 = 2;
+
+/// `VIRTIO_VSOCK_TYPE_STREAM`, the only socket type this device carries.
+pub(crate) const TYPE_STREAM: u16 = 1;
+
+/// `VIRTIO_VSOCK_SHUTDOWN_F_RECEIVE`: the sender will receive no more data.
+pub(crate) const SHUTDOWN_RCV: u32 = 1;
+/// `VIRTIO_VSOCK_SHUTDOWN_F_SEND`: the sender will send no more data.
+pub(crate) const SHUTDOWN_SEND: u32 = 2;
+
+/// The size of the header in guest memory.
+pub(crate) const HEADER_LEN: u32 = virtio_vsock::packet::PKT_HEADER_SIZE as u32;
+
+/// Packet operations (`VIRTIO_VSOCK_OP_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Op {
+    Request,
+    Response,
+    Rst,
+    Shutdown,
+    Rw,
+    CreditUpdate,
+    CreditRequest,
+}
+
+impl Op {
+    pub(crate) fn from_raw(op: u16) -> Option<Self> {
+        Some(match op {
+            1 => Op::Request,
+            2 => Op::Response,
+            3 => Op::Rst,
+            4 => Op::Shutdown,
+            5 => Op::Rw,
+            6 => Op::CreditUpdate,
+            7 => Op::CreditRequest,
+            _ => return None,
+        })
+    }
+
+    pub(crate) fn raw(self) -> u16 {
+        match self {
+            Op::Request => 1,
+            Op::Response => 2,
+            Op::Rst => 3,
+            Op::Shutdown => 4,
+            Op::Rw => 5,
+            Op::CreditUpdate => 6,
+            Op::CreditRequest => 7,
+        }
+    }
+}
+
+/// An owned copy of a packet header (host byte order).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Header {
+    pub src_cid: u64,
+    pub dst_cid: u64,
+    pub src_port: u32,
+    pub dst_port: u32,
+    pub len: u32,
+    pub type_: u16,
+    pub op: u16,
+    pub flags: u32,
+    pub buf_alloc: u32,
+    pub fwd_cnt: u32,
+}
+
+impl Header {
+    /// Copies the header out of a parsed packet.
+    pub(crate) fn read<B: BitmapSlice>(pkt: &VsockPacket<'_, B>) -> Self {
+        Header {
+            src_cid: pkt.src_cid(),
+            dst_cid: pkt.dst_cid(),
+            src_port: pkt.src_port(),
+            dst_port: pkt.dst_port(),
+            len: pkt.len(),
+            type_: pkt.type_(),
+            op: pkt.op(),
+            flags: pkt.flags(),
+            buf_alloc: pkt.buf_alloc(),
+            fwd_cnt: pkt.fwd_cnt(),
+        }
+    }
+
+    /// Writes every field into the packet's header in guest memory.
+    pub(crate) fn write<B: BitmapSlice>(&self, pkt: &mut VsockPacket<'_, B>) {
+        pkt.set_src_cid(self.src_cid)
+            .set_dst_cid(self.dst_cid)
+            .set_src_port(self.src_port)
+            .set_dst_port(self.dst_port)
+            .set_len(self.len)
+            .set_type(self.type_)
+            .set_op(self.op)
+            .set_flags(self.flags)
+            .set_buf_alloc(self.buf_alloc)
+            .set_fwd_cnt(self.fwd_cnt);
+    }
+}
