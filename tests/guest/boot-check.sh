@@ -2,7 +2,8 @@
 # Boot husk's guest kernel under QEMU TCG (microvm, no ACPI, no PCI) with an
 # initrd whose /init is tests/guest/init-check.c, and check its verdict on
 # the serial console. Then boot it again with a virtio-mmio block device on
-# the command line, to prove the virtio_mmio.device= path.
+# the command line, to prove the virtio_mmio.device= path, and once asking
+# for that device without attaching it, to prove the check can fail.
 #
 # Usage: tests/guest/boot-check.sh [--kernel VMLINUX]
 #   without --kernel, guest-kernel/build.sh builds or finds the cached one.
@@ -93,8 +94,20 @@ boot virtio-mmio "husk_check=virtio-blk" \
     -drive "id=disk,file=$work/disk.img,format=raw,if=none" \
     -device virtio-blk-device,drive=disk || failed=1
 
+# The check must be able to fail: asking for a disk that is not attached has
+# to give FAILED, not OK.
+if boot missing-device "husk_check=virtio-blk"; then
+    log "missing-device: reported OK without the device"
+    failed=1
+elif ! grep -q '^HUSK-GUEST-CHECK FAILED' "$work/missing-device.log"; then
+    log "missing-device: no FAILED line"
+    failed=1
+else
+    log "missing-device: FAILED as expected"
+fi
+
 [[ $failed -eq 0 ]] || die "guest boot check failed"
 log "kernel $kernel"
 log "initrd $(stat -c %s "$work/initrd") bytes ($COMPRESS)"
 sed 's/^/boot-check: ok-ms /' "$work/results" >&2
-echo "2 passed, 0 failed"
+echo "3 passed, 0 failed"
