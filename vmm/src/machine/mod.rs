@@ -1,1 +1,30 @@
 //! The KVM machine: guest memory, vCPUs, Linux boot and legacy devices.
+//!
+//! [`Vm`] builds a microVM from a [`VmConfig`] and runs it in the calling
+//! process, one thread per vCPU. See `docs/builtin-vmm.md` for the machine
+//! layout and boot path.
+
+mod boot;
+mod bus;
+mod config;
+mod cpuid;
+mod error;
+mod hostcheck;
+pub mod layout;
+mod legacy;
+mod lifecycle;
+mod memory;
+mod mptable;
+mod regs;
+mod vcpu;
+mod vm;
+
+pub use boot::BootLayout;
+pub use config::{MemoryBacking, VmConfig};
+pub use error::{Error, Result};
+pub use hostcheck::HostCheck;
+pub use lifecycle::ExitReason;
+pub use memory::{MAX_MEMORY_MIB, MIN_MEMORY_MIB};
+pub use mptable::MAX_VCPUS;
+pub use regs::EntryPoint;
+pub use vm::Vm;

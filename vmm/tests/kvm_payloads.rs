@@ -1,0 +1,437 @@
+//! Small guest programs booted through the real `Vm` API on this host's KVM:
+//! each is assembled from `tests/payloads/*.S`, wrapped as an ELF vmlinux
+//! (64-bit entry or PVH note) or a bzImage, and reports over COM1.
+//!
+//! They need `/dev/kvm` and binutils (`as`, `ld`); without them they say so
+//! and skip.
+
+mod payload;
+
+use std::fs;
+use std::io::Write;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use husk_vmm::machine::{EntryPoint, Error, ExitReason, HostCheck, Vm, VmConfig};
+use husk_vmm::virtio::{ActivateError, Activation, VirtioDevice};
+use payload::{Kernel, Payload};
+
+/// KVM tests run one at a time so thread counts are meaningful and the two
+/// cores of the machine are not oversubscribed.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serialize() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Console sink the test can read back.
+#[derive(Clone, Default)]
+struct Console(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Console {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Console {
+    fn bytes(&self) -> Vec<u8> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+fn kvm_usable() -> bool {
+    let ok = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    if !ok {
+        eprintln!("skipping: /dev/kvm cannot be opened");
+    }
+    ok
+}
+
+fn vcpu_threads() -> usize {
+    fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("husk-vcpu"))
+        .count()
+}
+
+/// Boots `kernel` with `config` and waits for the guest to end the VM.
+fn boot(config: VmConfig) -> (ExitReason, Vm) {
+    let mut vm = Vm::new(config).expect("VM builds");
+    vm.start().unwrap();
+    let reason = vm.wait_timeout(Duration::from_secs(20));
+    let reason = reason.unwrap_or_else(|| {
+        vm.stop();
+        panic!("guest did not finish within 20 s");
+    });
+    assert_eq!(vcpu_threads(), 0, "vCPU threads left behind");
+    (reason, vm)
+}
+
+fn config(kernel: &Kernel, console: &Console) -> VmConfig {
+    let mut config = VmConfig::new(kernel.path());
+    config.memory_mib = 64;
+    config.console = Box::new(console.clone());
+    config
+}
+
+#[test]
+fn serial_output_reaches_console_sink() {
+    let _guard = serialize();
+    let Some(payload) = Payload::build("serial_hello") else {
+        return;
+    };
+    if !kvm_usable() {
+        return;
+    }
+    let kernel = payload.elf64();
+    let console = Console::default();
+    let (reason, vm) = boot(config(&kernel, &console));
+    assert_eq!(reason, ExitReason::I8042Reset);
+    assert_eq!(
+        vm.boot_layout().entry,
+        EntryPoint::Linux64(payload::LOAD_ADDR)
+    );
+    assert_eq!(console.bytes(), b"hello from the guest\n");
+}
+
+#[test]
+fn bzimage_boots_through_its_64bit_entry() {
+    let _guard = serialize();
+    let Some(payload) = Payload::build("serial_hello") else {
+        return;
+    };
+    if !kvm_usable() {
+        return;
+    }
+    let kernel = payload.bzimage();
+    let console = Console::default();
+    let (reason, vm) = boot(config(&kernel, &console));
+    assert_eq!(reason, ExitReason::I8042Reset);
+    assert_eq!(
+        vm.boot_layout().entry,
+        EntryPoint::Linux64(payload::LOAD_ADDR + 0x200)
+    );
+    assert_eq!(console.bytes(), b"hello from the guest\n");
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap())
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap())
+}
+
+#[test]
+fn guest_reads_e820_initrd_and_cmdline_from_zero_page() {
+    let _guard = serialize();
+    let Some(payload) = Payload::build("zero_page") else {
+        return;
+    };
+    if !kvm_usable() {
+        return;
+    }
+    let kernel = payload.elf64();
+    let initrd = tempfile::NamedTempFile::new().unwrap();
+    let initrd_data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    fs::write(initrd.path(), &initrd_data).unwrap();
+    let console = Console::default();
+    let mut cfg = config(&kernel, &console);
+    cfg.cmdline = "console=ttyS0 husk.test=zero-page".into();
+    cfg.initrd = Some(initrd.path().to_owned());
+    let (reason, vm) = boot(cfg);
+    assert_eq!(reason, ExitReason::I8042Reset);
+
+    let out = console.bytes();
+    let n = usize::from(out[0]);
+    assert_eq!(n, 2, "e820 entries");
+    let entry = |i: usize| {
+        let at = 1 + 20 * i;
+        (
+            u64_at(&out, at),
+            u64_at(&out, at + 8),
+            u32_at(&out, at + 16),
+        )
+    };
+    assert_eq!(entry(0), (0, 0x9fc00, 1));
+    assert_eq!(entry(1), (0x10_0000, (64 << 20) - 0x10_0000, 1));
+    let at = 1 + 20 * n;
+    let (initrd_addr, initrd_size) = vm.boot_layout().initrd.unwrap();
+    assert_eq!(u64::from(u32_at(&out, at)), initrd_addr);
+    assert_eq!(u64::from(u32_at(&out, at + 4)), initrd_size);
+    assert_eq!(initrd_size, initrd_data.len() as u64);
+    assert_eq!(initrd_addr % 4096, 0);
+    assert!(initrd_addr + initrd_size <= 64 << 20);
+    let mut in_guest = vec![0u8; initrd_data.len()];
+    vm_memory::Bytes::read_slice(
+        vm.memory(),
+        &mut in_guest,
+        vm_memory::GuestAddress(initrd_addr),
+    )
+    .unwrap();
+    assert_eq!(in_guest, initrd_data);
+    assert_eq!(&out[at + 8..], b"console=ttyS0 husk.test=zero-page\0");
+}
+
+/// A device with fixed identity that records activation.
+struct ProbeDevice {
+    activated: Arc<Mutex<bool>>,
+}
+
+const PROBE_TYPE: u32 = 19;
+const PROBE_FEATURES: u64 = (1 << 0) | (1 << 33);
+
+impl VirtioDevice for ProbeDevice {
+    fn device_type(&self) -> u32 {
+        PROBE_TYPE
+    }
+    fn features(&self) -> u64 {
+        PROBE_FEATURES
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[64]
+    }
+    fn read_config(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn activate(&mut self, _activation: Activation) -> Result<(), ActivateError> {
+        *self.activated.lock().unwrap() = true;
+        Ok(())
+    }
+    fn reset(&mut self) {}
+}
+
+#[test]
+fn guest_finds_virtio_mmio_device_from_cmdline_and_negotiates() {
+    let _guard = serialize();
+    let Some(payload) = Payload::build("virtio_probe") else {
+        return;
+    };
+    if !kvm_usable() {
+        return;
+    }
+    let kernel = payload.elf64();
+    let console = Console::default();
+    let activated = Arc::new(Mutex::new(false));
+    let mut cfg = config(&kernel, &console);
+    cfg.cmdline = "console=ttyS0".into();
+    cfg.devices.push(Box::new(ProbeDevice {
+        activated: activated.clone(),
+    }));
+    let (reason, vm) = boot(cfg);
+    assert_eq!(reason, ExitReason::I8042Reset);
+    let out = console.bytes();
+    assert_eq!(out.len(), 24, "serial output: {out:?}");
+    assert_eq!(u32_at(&out, 0), 0x7472_6976, "magic");
+    assert_eq!(u32_at(&out, 4), 2, "version");
+    assert_eq!(u32_at(&out, 8), PROBE_TYPE, "device id");
+    assert_eq!(u32_at(&out, 12), PROBE_FEATURES as u32, "features 0..31");
+    // Bit 32 is VIRTIO_F_VERSION_1, added by the transport.
+    assert_eq!(u32_at(&out, 16), ((PROBE_FEATURES >> 32) as u32) | 1);
+    // ACKNOWLEDGE | DRIVER | FEATURES_OK as the guest read it back.
+    assert_eq!(u32_at(&out, 20), 11);
+    assert_eq!(vm.virtio_status(0), Some(11));
+    assert!(!*activated.lock().unwrap(), "no DRIVER_OK, no activation");
+}
+
+#[test]
+fn two_vcpus_both_run_with_their_own_apic_ids() {
+    let _guard = serialize();
+    let Some(payload) = Payload::build("smp") else {
+        return;
+    };
+    if !kvm_usable() {
+        return;
+    }
+    let kernel = payload.elf64();
+    let console = Console::default();
+    let mut cfg = config(&kernel, &console);
+    cfg.vcpus = 2;
+    let (reason, _vm) = boot(cfg);
+    assert_eq!(reason, ExitReason::I8042Reset);
+    assert_eq!(console.bytes(), b"01");
+}
+
+#[test]
+fn pvh_note_selects_32bit_entry_and_start_info() {
+    let _guard = serialize();
+    let Some(payload) = Payload::build("pvh_probe") else {
+        return;
+    };
+    if !kvm_usable() {
+        return;
+    }
+    let kernel = payload.elf_pvh();
+    let console = Console::default();
+    let mut cfg = config(&kernel, &console);
+    cfg.cmdline = "console=ttyS0".into();
+    let vm = Vm::new(cfg).unwrap();
+    assert_eq!(
+        vm.boot_layout().entry,
+        EntryPoint::Pvh32(payload::LOAD_ADDR)
+    );
+    let mut info = [0u8; 56];
+    vm_memory::Bytes::read_slice(vm.memory(), &mut info, vm_memory::GuestAddress(0x6000)).unwrap();
+    assert_eq!(u32_at(&info, 0), 0x336e_c578, "hvm_start_info magic");
+    assert_eq!(u64_at(&info, 24), 0x20000, "cmdline_paddr");
+    let memmap = u64_at(&info, 40);
+    assert_eq!(u32_at(&info, 48), 2, "memory map entries");
+    let mut entry = [0u8; 24];
+    vm_memory::Bytes::read_slice(
+        vm.memory(),
+        &mut entry,
+        vm_memory::GuestAddress(memmap + 24),
+    )
+    .unwrap();
+    assert_eq!(u64_at(&entry, 0), 0x10_0000);
+    assert_eq!(u64_at(&entry, 8), (64 << 20) - 0x10_0000);
+}
+
+/// The PVH entry runs in 32-bit protected mode with paging off, which an
+/// emulating KVM (kvm_pvm) cannot execute; on hardware KVM the payload
+/// reads the start info the VMM wrote.
+#[test]
+fn pvh_payload_reads_start_info_on_hardware_kvm() {
+    let _guard = serialize();
+    if !HostCheck::run().can_run_linux_guests() {
+        eprintln!("skipping: this host's KVM cannot run 32-bit unpaged code (PVH entry)");
+        return;
+    }
+    let Some(payload) = Payload::build("pvh_probe") else {
+        return;
+    };
+    let kernel = payload.elf_pvh();
+    let console = Console::default();
+    let (reason, _vm) = boot(config(&kernel, &console));
+    assert_eq!(reason, ExitReason::I8042Reset);
+    let out = console.bytes();
+    assert_eq!(out.len(), 8, "serial output: {out:?}");
+    assert_eq!(u32_at(&out, 0), 0x336e_c578, "hvm_start_info magic");
+    assert_eq!(u32_at(&out, 4), 2, "memory map entries");
+}
+
+#[test]
+fn pause_parks_vcpus_and_resume_continues() {
+    let _guard = serialize();
+    let Some(payload) = Payload::build("smp") else {
+        return;
+    };
+    if !kvm_usable() {
+        return;
+    }
+    // vCPU 1 sits in wait-for-SIPI until vCPU 0 starts it; pausing right
+    // after start must park both, whatever they were doing.
+    let kernel = payload.elf64();
+    let console = Console::default();
+    let mut cfg = config(&kernel, &console);
+    cfg.vcpus = 2;
+    let mut vm = Vm::new(cfg).unwrap();
+    assert!(matches!(vm.pause(), Err(Error::NotRunning)));
+    vm.start().unwrap();
+    vm.pause().unwrap();
+    assert!(vm.is_paused());
+    let during_pause = console.bytes().len();
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(console.bytes().len(), during_pause, "output while paused");
+    assert_eq!(vm.exit_reason(), None);
+    vm.resume().unwrap();
+    let reason = vm.wait_timeout(Duration::from_secs(20));
+    assert_eq!(reason, Some(ExitReason::I8042Reset));
+    assert_eq!(console.bytes(), b"01");
+    assert_eq!(vcpu_threads(), 0);
+}
+
+#[test]
+fn stop_ends_a_running_vm() {
+    let _guard = serialize();
+    let Some(payload) = Payload::build("smp") else {
+        return;
+    };
+    if !kvm_usable() {
+        return;
+    }
+    // With one vCPU the boot vCPU waits forever for an AP that never comes.
+    let kernel = payload.elf64();
+    let console = Console::default();
+    let mut vm = Vm::new(config(&kernel, &console)).unwrap();
+    vm.start().unwrap();
+    assert_eq!(vm.wait_timeout(Duration::from_millis(200)), None);
+    assert_eq!(vm.stop(), ExitReason::Stopped);
+    assert_eq!(vcpu_threads(), 0);
+    assert!(matches!(vm.start(), Err(Error::AlreadyStarted)));
+}
+
+#[test]
+fn missing_kernel_is_a_clear_error() {
+    let _guard = serialize();
+    let console = Console::default();
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = Kernel::at(dir.path().join("nope"));
+    let err = Vm::new(config(&kernel, &console)).err().unwrap();
+    assert!(matches!(err, Error::KernelRead { .. }), "{err}");
+    assert!(err.to_string().contains("nope"));
+    assert_eq!(vcpu_threads(), 0);
+}
+
+#[test]
+fn kernel_that_is_neither_elf_nor_bzimage_is_refused() {
+    let _guard = serialize();
+    let console = Console::default();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    fs::write(file.path(), vec![0x90u8; 4096]).unwrap();
+    let kernel = Kernel::at(file.path().to_owned());
+    let err = Vm::new(config(&kernel, &console)).err().unwrap();
+    assert!(matches!(err, Error::KernelFormat(_)), "{err}");
+}
+
+#[test]
+fn zero_vcpus_is_refused() {
+    let _guard = serialize();
+    let console = Console::default();
+    let kernel = Kernel::at("/nonexistent".into());
+    let mut cfg = config(&kernel, &console);
+    cfg.vcpus = 0;
+    assert!(matches!(Vm::new(cfg), Err(Error::NoVcpus)));
+}
+
+#[test]
+fn initrd_too_big_for_memory_is_refused() {
+    let _guard = serialize();
+    let Some(payload) = Payload::build("serial_hello") else {
+        return;
+    };
+    let kernel = payload.elf64();
+    let console = Console::default();
+    let initrd = tempfile::NamedTempFile::new().unwrap();
+    initrd.as_file().set_len(8 << 20).unwrap();
+    let mut cfg = config(&kernel, &console);
+    cfg.memory_mib = 8;
+    cfg.initrd = Some(initrd.path().to_owned());
+    let err = Vm::new(cfg).err().unwrap();
+    assert!(matches!(err, Error::MemoryTooSmall { .. }), "{err}");
+    assert!(err.to_string().contains("initrd"), "{err}");
+}
+
+#[test]
+fn kernel_bigger_than_memory_is_refused() {
+    let _guard = serialize();
+    let Some(payload) = Payload::build("serial_hello") else {
+        return;
+    };
+    let kernel = payload.elf64_padded(4 << 20);
+    let console = Console::default();
+    let mut cfg = config(&kernel, &console);
+    cfg.memory_mib = 4;
+    let err = Vm::new(cfg).err().unwrap();
+    assert!(matches!(err, Error::MemoryTooSmall { .. }), "{err}");
+}

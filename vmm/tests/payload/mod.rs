@@ -1,0 +1,163 @@
+//! Builds test payloads: assembles `tests/payloads/<name>.S` with binutils
+//! into a flat image linked at [`LOAD_ADDR`], and wraps it as a minimal
+//! ELF vmlinux (64-bit entry or PVH note) or bzImage in a temp file.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Where payloads are linked and loaded (the kernel's usual 1 MiB).
+pub const LOAD_ADDR: u64 = 0x10_0000;
+
+/// Flat payload code.
+pub struct Payload {
+    code: Vec<u8>,
+}
+
+/// A kernel file on disk, removed on drop.
+pub struct Kernel {
+    _dir: Option<tempfile::TempDir>,
+    path: PathBuf,
+}
+
+impl Kernel {
+    /// A kernel path that the test owns otherwise (or that does not exist).
+    pub fn at(path: PathBuf) -> Self {
+        Self { _dir: None, path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn write(bytes: &[u8]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kernel");
+        fs::write(&path, bytes).unwrap();
+        Self {
+            _dir: Some(dir),
+            path,
+        }
+    }
+}
+
+fn tool(name: &str) -> bool {
+    let ok = Command::new(name).arg("--version").output().is_ok();
+    if !ok {
+        eprintln!("skipping: `{name}` (binutils) is not installed");
+    }
+    ok
+}
+
+impl Payload {
+    /// Assembles `tests/payloads/<name>.S`; `None` (test skips) without binutils.
+    pub fn build(name: &str) -> Option<Self> {
+        if !tool("as") || !tool("ld") {
+            return None;
+        }
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/payloads")
+            .join(format!("{name}.S"));
+        let dir = tempfile::tempdir().unwrap();
+        let obj = dir.path().join("p.o");
+        let bin = dir.path().join("p.bin");
+        run(Command::new("as").arg("--64").arg("-o").arg(&obj).arg(&src));
+        run(Command::new("ld")
+            .arg(format!("-Ttext={LOAD_ADDR:#x}"))
+            .args(["--oformat", "binary", "-e", "_start", "-o"])
+            .arg(&bin)
+            .arg(&obj));
+        Some(Self {
+            code: fs::read(&bin).unwrap(),
+        })
+    }
+
+    /// ELF vmlinux entered through the 64-bit boot protocol.
+    pub fn elf64(&self) -> Kernel {
+        Kernel::write(&elf(&self.code, None))
+    }
+
+    /// ELF vmlinux whose file is padded to `size` bytes.
+    pub fn elf64_padded(&self, size: usize) -> Kernel {
+        let mut bytes = elf(&self.code, None);
+        bytes.resize(size.max(bytes.len()), 0);
+        Kernel::write(&bytes)
+    }
+
+    /// ELF vmlinux with a Xen PVH entry note pointing at the code.
+    pub fn elf_pvh(&self) -> Kernel {
+        Kernel::write(&elf(&self.code, Some(LOAD_ADDR as u32)))
+    }
+
+    /// bzImage (boot protocol 2.15, 64-bit capable): one setup sector, the
+    /// protected-mode image at 1 MiB, the code at its 64-bit entry (+0x200).
+    pub fn bzimage(&self) -> Kernel {
+        let mut image = vec![0u8; 1024];
+        image[0x1f1] = 1; // setup_sects
+        image[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
+        image[0x202..0x206].copy_from_slice(b"HdrS");
+        image[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+        image[0x211] = 1; // loadflags: LOADED_HIGH
+        image[0x214..0x218].copy_from_slice(&(LOAD_ADDR as u32).to_le_bytes());
+        image[0x22c..0x230].copy_from_slice(&0x7fff_ffffu32.to_le_bytes());
+        image[0x236..0x238].copy_from_slice(&1u16.to_le_bytes()); // XLF_KERNEL_64
+        image[0x238..0x23c].copy_from_slice(&2048u32.to_le_bytes());
+        image[0x260..0x264].copy_from_slice(&0x10_0000u32.to_le_bytes()); // init_size
+        let mut protected = vec![0xf4u8; 0x200]; // hlt: the 32-bit entry is unused
+        protected.extend_from_slice(&self.code);
+        image.extend_from_slice(&protected);
+        Kernel::write(&image)
+    }
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A minimal ELF64 executable: one PT_LOAD of `code` at LOAD_ADDR and, for
+/// PVH, a PT_NOTE with XEN_ELFNOTE_PHYS32_ENTRY.
+fn elf(code: &[u8], pvh_entry: Option<u32>) -> Vec<u8> {
+    const CODE_OFFSET: u64 = 0x1000;
+    let phnum: u16 = if pvh_entry.is_some() { 2 } else { 1 };
+    let note_offset = 64 + 56 * u64::from(phnum);
+    let mut out = Vec::new();
+    out.extend_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
+    out.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    out.extend_from_slice(&0x3eu16.to_le_bytes()); // x86-64
+    out.extend_from_slice(&1u32.to_le_bytes());
+    out.extend_from_slice(&LOAD_ADDR.to_le_bytes()); // e_entry
+    out.extend_from_slice(&64u64.to_le_bytes()); // e_phoff
+    out.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+    out.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+    out.extend_from_slice(&64u16.to_le_bytes()); // e_ehsize
+    out.extend_from_slice(&56u16.to_le_bytes()); // e_phentsize
+    out.extend_from_slice(&phnum.to_le_bytes());
+    out.extend_from_slice(&[0; 6]); // no sections
+    let phdr = |out: &mut Vec<u8>, kind: u32, offset: u64, addr: u64, size: u64| {
+        out.extend_from_slice(&kind.to_le_bytes());
+        out.extend_from_slice(&7u32.to_le_bytes()); // RWX
+        out.extend_from_slice(&offset.to_le_bytes());
+        out.extend_from_slice(&addr.to_le_bytes()); // vaddr
+        out.extend_from_slice(&addr.to_le_bytes()); // paddr
+        out.extend_from_slice(&size.to_le_bytes()); // filesz
+        out.extend_from_slice(&size.to_le_bytes()); // memsz
+        out.extend_from_slice(&0x1000u64.to_le_bytes());
+    };
+    phdr(&mut out, 1, CODE_OFFSET, LOAD_ADDR, code.len() as u64);
+    if let Some(entry) = pvh_entry {
+        phdr(&mut out, 4, note_offset, 0, 20);
+        out.extend_from_slice(&4u32.to_le_bytes()); // namesz
+        out.extend_from_slice(&4u32.to_le_bytes()); // descsz
+        out.extend_from_slice(&18u32.to_le_bytes()); // XEN_ELFNOTE_PHYS32_ENTRY
+        out.extend_from_slice(b"Xen\0");
+        out.extend_from_slice(&entry.to_le_bytes());
+    }
+    out.resize(CODE_OFFSET as usize, 0);
+    out.extend_from_slice(code);
+    out
+}
