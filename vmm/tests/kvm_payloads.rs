@@ -428,10 +428,45 @@ fn kernel_bigger_than_memory_is_refused() {
     let Some(payload) = Payload::build("serial_hello") else {
         return;
     };
-    let kernel = payload.elf64_padded(4 << 20);
+    if !kvm_usable() {
+        return;
+    }
+    // The file is tiny, but its bss reaches past the end of 4 MiB of RAM.
+    let kernel = payload.elf64_with_memsz(4 << 20);
     let console = Console::default();
     let mut cfg = config(&kernel, &console);
     cfg.memory_mib = 4;
     let err = Vm::new(cfg).err().unwrap();
     assert!(matches!(err, Error::MemoryTooSmall { .. }), "{err}");
+    assert!(err.to_string().contains("kernel"), "{err}");
+}
+
+#[test]
+fn bzimage_bigger_than_memory_is_refused() {
+    let _guard = serialize();
+    let Some(payload) = Payload::build("serial_hello") else {
+        return;
+    };
+    let kernel = payload.bzimage_padded(4 << 20);
+    let console = Console::default();
+    let mut cfg = config(&kernel, &console);
+    cfg.memory_mib = 4;
+    let err = Vm::new(cfg).err().unwrap();
+    assert!(matches!(err, Error::MemoryTooSmall { .. }), "{err}");
+}
+
+#[test]
+fn triple_fault_ends_the_vm_with_its_reason() {
+    let _guard = serialize();
+    let Some(payload) = Payload::build("triple_fault") else {
+        return;
+    };
+    if !kvm_usable() {
+        return;
+    }
+    let kernel = payload.elf64();
+    let console = Console::default();
+    let (reason, _vm) = boot(config(&kernel, &console));
+    assert_eq!(reason, ExitReason::TripleFault { vcpu: 0 });
+    assert_eq!(console.bytes(), b"T");
 }

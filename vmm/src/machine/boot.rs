@@ -79,8 +79,10 @@ pub fn load(
     let Some(format) = format else {
         return Err(Error::KernelFormat(kernel_path.to_owned()));
     };
+    // An ELF's file size says nothing about what it loads (symbols, debug
+    // info); a bzImage's is what gets copied to guest memory.
     let kernel_size = kernel.metadata().map_err(read_err)?.len();
-    if kernel_size > low_end.saturating_sub(HIMEM_START) {
+    if format == KernelFormat::BzImage && kernel_size > low_end.saturating_sub(HIMEM_START) {
         return Err(too_small(mib, format!("the kernel is {kernel_size} bytes")));
     }
 

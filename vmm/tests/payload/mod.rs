@@ -77,11 +77,9 @@ impl Payload {
         Kernel::write(&elf(&self.code, None))
     }
 
-    /// ELF vmlinux whose file is padded to `size` bytes.
-    pub fn elf64_padded(&self, size: usize) -> Kernel {
-        let mut bytes = elf(&self.code, None);
-        bytes.resize(size.max(bytes.len()), 0);
-        Kernel::write(&bytes)
+    /// ELF vmlinux whose loaded segment spans `memsz` bytes (a large bss).
+    pub fn elf64_with_memsz(&self, memsz: u64) -> Kernel {
+        Kernel::write(&elf_with_memsz(&self.code, None, memsz))
     }
 
     /// ELF vmlinux with a Xen PVH entry note pointing at the code.
@@ -89,9 +87,20 @@ impl Payload {
         Kernel::write(&elf(&self.code, Some(LOAD_ADDR as u32)))
     }
 
+    /// bzImage whose file is padded to `size` bytes.
+    pub fn bzimage_padded(&self, size: usize) -> Kernel {
+        let mut bytes = self.bzimage_bytes();
+        bytes.resize(size.max(bytes.len()), 0);
+        Kernel::write(&bytes)
+    }
+
     /// bzImage (boot protocol 2.15, 64-bit capable): one setup sector, the
     /// protected-mode image at 1 MiB, the code at its 64-bit entry (+0x200).
     pub fn bzimage(&self) -> Kernel {
+        Kernel::write(&self.bzimage_bytes())
+    }
+
+    fn bzimage_bytes(&self) -> Vec<u8> {
         let mut image = vec![0u8; 1024];
         image[0x1f1] = 1; // setup_sects
         image[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
@@ -106,7 +115,7 @@ impl Payload {
         let mut protected = vec![0xf4u8; 0x200]; // hlt: the 32-bit entry is unused
         protected.extend_from_slice(&self.code);
         image.extend_from_slice(&protected);
-        Kernel::write(&image)
+        image
     }
 }
 
@@ -122,6 +131,10 @@ fn run(cmd: &mut Command) {
 /// A minimal ELF64 executable: one PT_LOAD of `code` at LOAD_ADDR and, for
 /// PVH, a PT_NOTE with XEN_ELFNOTE_PHYS32_ENTRY.
 fn elf(code: &[u8], pvh_entry: Option<u32>) -> Vec<u8> {
+    elf_with_memsz(code, pvh_entry, code.len() as u64)
+}
+
+fn elf_with_memsz(code: &[u8], pvh_entry: Option<u32>, memsz: u64) -> Vec<u8> {
     const CODE_OFFSET: u64 = 0x1000;
     let phnum: u16 = if pvh_entry.is_some() { 2 } else { 1 };
     let note_offset = 64 + 56 * u64::from(phnum);
@@ -138,19 +151,26 @@ fn elf(code: &[u8], pvh_entry: Option<u32>) -> Vec<u8> {
     out.extend_from_slice(&56u16.to_le_bytes()); // e_phentsize
     out.extend_from_slice(&phnum.to_le_bytes());
     out.extend_from_slice(&[0; 6]); // no sections
-    let phdr = |out: &mut Vec<u8>, kind: u32, offset: u64, addr: u64, size: u64| {
+    let phdr = |out: &mut Vec<u8>, kind: u32, offset: u64, addr: u64, size: u64, memsz: u64| {
         out.extend_from_slice(&kind.to_le_bytes());
         out.extend_from_slice(&7u32.to_le_bytes()); // RWX
         out.extend_from_slice(&offset.to_le_bytes());
         out.extend_from_slice(&addr.to_le_bytes()); // vaddr
         out.extend_from_slice(&addr.to_le_bytes()); // paddr
         out.extend_from_slice(&size.to_le_bytes()); // filesz
-        out.extend_from_slice(&size.to_le_bytes()); // memsz
+        out.extend_from_slice(&memsz.to_le_bytes());
         out.extend_from_slice(&0x1000u64.to_le_bytes());
     };
-    phdr(&mut out, 1, CODE_OFFSET, LOAD_ADDR, code.len() as u64);
+    phdr(
+        &mut out,
+        1,
+        CODE_OFFSET,
+        LOAD_ADDR,
+        code.len() as u64,
+        memsz,
+    );
     if let Some(entry) = pvh_entry {
-        phdr(&mut out, 4, note_offset, 0, 20);
+        phdr(&mut out, 4, note_offset, 0, 20, 20);
         out.extend_from_slice(&4u32.to_le_bytes()); // namesz
         out.extend_from_slice(&4u32.to_le_bytes()); // descsz
         out.extend_from_slice(&18u32.to_le_bytes()); // XEN_ELFNOTE_PHYS32_ENTRY
