@@ -4,13 +4,13 @@
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use virtio_vsock::packet::VsockPacket;
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestMemoryMmap};
 
 use super::connection::MAX_PKT_DATA;
 use super::muxer::Muxer;
-use super::packet::Header;
+use super::packet::{Header, HEADER_LEN};
 use super::Error;
 
 /// Index of the RX queue (device to driver).
@@ -92,12 +92,19 @@ impl VsockDevice {
         let mut used = false;
         while let Some(mut chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
+            let probe = chain.clone();
             match VsockPacket::from_tx_virtq_chain(mem, &mut chain, MAX_PKT_DATA) {
                 Ok(pkt) => {
                     let hdr = Header::read(&pkt);
                     self.muxer.handle_guest_packet(&hdr, pkt.data_slice());
                 }
-                Err(e) => tracing::debug!("dropping malformed vsock TX chain: {e}"),
+                Err(e) => {
+                    tracing::debug!("dropping malformed vsock TX chain: {e}");
+                    // A lost RW would silently corrupt its stream: reset it instead.
+                    if let Some(hdr) = readable_header(mem, probe) {
+                        self.muxer.reset_connection_of(&hdr);
+                    }
+                }
             }
             if let Err(e) = queue.add_used(mem, head, 0) {
                 tracing::warn!("vsock TX used ring update failed: {e}");
@@ -137,6 +144,21 @@ impl VsockDevice {
         }
         used
     }
+}
+
+/// The header at the head of a TX chain, if it is readable at all.
+fn readable_header<M>(mem: &GuestMemoryMmap, mut chain: DescriptorChain<M>) -> Option<Header>
+where
+    M: std::ops::Deref,
+    M::Target: vm_memory::GuestMemory,
+{
+    let desc = chain.next()?;
+    if desc.is_write_only() || desc.len() < HEADER_LEN {
+        return None;
+    }
+    let mut raw = [0u8; HEADER_LEN as usize];
+    mem.read_slice(&mut raw, desc.addr()).ok()?;
+    Some(Header::from_bytes(&raw))
 }
 
 impl AsRawFd for VsockDevice {

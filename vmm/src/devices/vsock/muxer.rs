@@ -327,6 +327,21 @@ impl Muxer {
         }
     }
 
+    /// Resets the connection `hdr` (from a chain that failed to parse) names,
+    /// if the guest owns it.
+    pub(crate) fn reset_connection_of(&mut self, hdr: &Header) {
+        if hdr.src_cid != self.guest_cid {
+            return;
+        }
+        let key = ConnKey {
+            local_port: hdr.dst_port,
+            peer_port: hdr.src_port,
+        };
+        if self.conns.contains_key(&key) {
+            self.apply(key, Verdict::Reset);
+        }
+    }
+
     /// Opens a guest-initiated connection to `<uds_path>_<port>`.
     fn connect_to_host(&mut self, hdr: &Header) {
         if self.conns.len() >= MAX_CONNECTIONS {

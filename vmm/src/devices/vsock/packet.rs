@@ -76,6 +76,37 @@ pub(crate) struct Header {
 }
 
 impl Header {
+    /// Parses a raw little-endian header (for chains `VsockPacket` refused).
+    pub(crate) fn from_bytes(b: &[u8; HEADER_LEN as usize]) -> Self {
+        let u64_at = |o: usize| {
+            let mut v = [0u8; 8];
+            v.copy_from_slice(b.get(o..o + 8).unwrap_or(&[0; 8]));
+            u64::from_le_bytes(v)
+        };
+        let u32_at = |o: usize| {
+            let mut v = [0u8; 4];
+            v.copy_from_slice(b.get(o..o + 4).unwrap_or(&[0; 4]));
+            u32::from_le_bytes(v)
+        };
+        let u16_at = |o: usize| {
+            let mut v = [0u8; 2];
+            v.copy_from_slice(b.get(o..o + 2).unwrap_or(&[0; 2]));
+            u16::from_le_bytes(v)
+        };
+        Header {
+            src_cid: u64_at(0),
+            dst_cid: u64_at(8),
+            src_port: u32_at(16),
+            dst_port: u32_at(20),
+            len: u32_at(24),
+            type_: u16_at(28),
+            op: u16_at(30),
+            flags: u32_at(32),
+            buf_alloc: u32_at(36),
+            fwd_cnt: u32_at(40),
+        }
+    }
+
     /// Copies the header out of a parsed packet.
     pub(crate) fn read<B: BitmapSlice>(pkt: &VsockPacket<'_, B>) -> Self {
         Header {

@@ -583,7 +583,8 @@ fn malformed_tx_chains_are_returned_and_harmless() {
     let mut h = Harness::new();
     let (mut c, hp) = h.host_connect(1024);
     let hdr_at = h.alloc(4096);
-    let mut big = guest_hdr(Op::Rw, 1024, hp);
+    // Names no connection, so its chains are dropped without side effects.
+    let mut big = guest_hdr(Op::Rw, 999, hp);
     big.len = 1 << 30;
     h.mem
         .write_slice(&header_bytes(&big), GuestAddress(hdr_at))
@@ -627,6 +628,26 @@ fn malformed_tx_chains_are_returned_and_harmless() {
     // The connection still works.
     h.send(guest_hdr(Op::Rw, 1024, hp), b"still fine");
     assert_eq!(read_exactly(&mut c, 10), b"still fine");
+}
+
+#[test]
+fn malformed_rw_on_a_live_connection_resets_it() {
+    let mut h = Harness::new();
+    let (mut c, hp) = h.host_connect(1024);
+    let at = h.alloc(4096);
+    let mut hdr = guest_hdr(Op::Rw, 1024, hp);
+    hdr.len = 100; // but no data descriptor follows
+    h.mem
+        .write_slice(&header_bytes(&hdr), GuestAddress(at))
+        .unwrap();
+    h.txd.publish(&h.mem, &[(at, HEADER_LEN)], false);
+    h.kick_tx();
+    h.give_rx(2);
+    let pkts = h.recv();
+    assert_eq!(pkts.len(), 1);
+    assert_eq!((pkts[0].0.op, pkts[0].0.dst_port), (Op::Rst.raw(), 1024));
+    assert_eq!(h.dev.connection_count(), 0);
+    assert_closed(&mut c);
 }
 
 #[test]
