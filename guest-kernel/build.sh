@@ -49,13 +49,14 @@ input_hash() {
     } | sha256sum | cut -d' ' -f1
 }
 
-# Debian packages whose files are missing; dpkg status is the cheap check.
+# Packages not installed, from one dpkg-query call (unknown names are
+# simply absent from its answer).
 missing_packages() {
-    local pkg
+    local installed pkg
+    installed=$(dpkg-query -W -f='${db:Status-Abbrev} ${Package}\n' \
+        "${BUILD_DEPS[@]}" "$SRC_PKG" 2>/dev/null | awk '$1 == "ii" { print $2 }')
     for pkg in "${BUILD_DEPS[@]}" "$SRC_PKG"; do
-        if ! dpkg-query -W -f='${db:Status-Abbrev}' "$pkg" 2>/dev/null | grep -q '^ii'; then
-            printf '%s\n' "$pkg"
-        fi
+        grep -qxF "$pkg" <<<"$installed" || printf '%s\n' "$pkg"
     done
 }
 
@@ -96,7 +97,7 @@ verify_config() {
         if [[ $line =~ ^(CONFIG_[A-Za-z0-9_]+)=.+$ ]]; then
             name=${BASH_REMATCH[1]}
             grep -qxF "$line" "$config" ||
-                bad+=("$line (now: $(grep -E "^(# )?$name[= ]" "$config" || echo absent))")
+                bad+=("$line (now: $(grep -E "^(# )?${name}[= ]" "$config" || echo absent))")
         elif [[ $line =~ ^#\ (CONFIG_[A-Za-z0-9_]+)\ is\ not\ set$ ]]; then
             name=${BASH_REMATCH[1]}
             if grep -qE "^$name=" "$config"; then

@@ -240,9 +240,9 @@ int main(void)
 	sync();
 	/*
 	 * Without ACPI the kernel has no power-off method: RB_POWER_OFF halts
-	 * and then panics because PID 1 exits. A restart with reboot=t (triple
-	 * fault) or reboot=k (i8042) is what ends a microVM; QEMU -no-reboot and
-	 * husk's VMM both treat it as "VM stopped".
+	 * the vCPUs forever and the VM never ends. A restart with reboot=t (triple
+	 * fault) or reboot=k (i8042) is what ends a microVM: QEMU -no-reboot
+	 * exits on it, a KVM VMM sees KVM_EXIT_SHUTDOWN or the i8042 reset.
 	 */
 	reboot(RB_AUTOBOOT);
 	printf("husk-check: reboot: %s\n", strerror(errno));
