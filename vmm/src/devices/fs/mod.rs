@@ -2,13 +2,15 @@
 //!
 //! - [`FsDevice`] is the device core: it owns the FUSE server and answers the requests on a
 //!   virtqueue against any guest memory, so the builtin VMM's virtio-mmio transport and the
-//!   vhost-user server ([`serve_fs`], [`FsBackend`]) drive the same code.
+//!   vhost-user server ([`serve_fs`], [`FsBackend`]) drive the same code; [`FsMmioDevice`]
+//!   is its `VirtioDevice` face for virtio-mmio.
 //! - `confined.rs` and `sandbox.rs` are the two confinement layers (name checks in front of
 //!   `PassthroughFs`; per-thread `chroot` into the share). See `docs/devices/fs.md`.
 
 mod confined;
 mod device;
 mod error;
+mod mmio;
 mod sandbox;
 mod vhost_user;
 
@@ -20,4 +22,5 @@ pub use device::{
     TAG_LEN,
 };
 pub use error::FsError;
+pub use mmio::FsMmioDevice;
 pub use vhost_user::{serve_fs, FsBackend};

@@ -5,5 +5,6 @@ mod harness;
 
 mod escape;
 mod hostile;
+mod mmio;
 
 mod ops;
