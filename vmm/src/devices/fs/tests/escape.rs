@@ -1,6 +1,7 @@
 //! Escape attempts: every way a guest could name a host path outside the share.
 
 use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -353,6 +354,9 @@ fn sandboxed_thread_sees_only_the_share() {
     let before = std::fs::metadata("/").unwrap().ino();
     let device = FsDevice::new(FsConfig::new(&l.share, "husk")).unwrap();
     assert!(device.config().thread_sandbox, "on by default");
+    let fd = std::fs::File::open(&l.share).unwrap();
+    let parent_ino = std::fs::metadata(l.share.parent().unwrap()).unwrap().ino();
+    assert_ne!(parent_ino, share_ino);
 
     std::thread::scope(|s| {
         s.spawn(|| {
@@ -365,6 +369,14 @@ fn sandboxed_thread_sees_only_the_share() {
             assert_eq!(std::fs::metadata("/").unwrap().ino(), share_ino);
             assert_eq!(std::fs::metadata("/../..").unwrap().ino(), share_ino);
             assert!(std::fs::metadata("/marker").is_ok());
+            // `..` relative to an fd of the share root (opened before the chroot), resolved
+            // the way PassthroughFs's `openat` would, is the share root again.
+            // SAFETY: valid fd and C string; the result is checked and closed below.
+            let up = unsafe { libc::openat(fd.as_raw_fd(), c"..".as_ptr(), libc::O_PATH) };
+            assert!(up >= 0);
+            // SAFETY: `up` is a fresh fd we own.
+            let up = unsafe { std::fs::File::from_raw_fd(up) };
+            assert_eq!(up.metadata().unwrap().ino(), share_ino);
             assert!(std::fs::metadata("/outside").is_err());
             assert!(std::fs::metadata("/etc/passwd").is_err());
         })
