@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use husk_vmm::machine::{EntryPoint, Error, ExitReason, HostCheck, Vm, VmConfig};
-use husk_vmm::virtio::{ActivateError, Activation, VirtioDevice};
+use husk_vmm::virtio::{ActivateError, Activation, InterruptKind, VirtioDevice};
 use payload::{Kernel, Payload};
 
 /// KVM tests run one at a time so thread counts are meaningful and the two
@@ -242,6 +242,74 @@ fn guest_finds_virtio_mmio_device_from_cmdline_and_negotiates() {
     assert_eq!(u32_at(&out, 20), 11);
     assert_eq!(vm.virtio_status(0), Some(11));
     assert!(!*activated.lock().unwrap(), "no DRIVER_OK, no activation");
+}
+
+/// Answers every notification of its queue 0 with a used-buffer interrupt,
+/// from its own thread, as a real backend would.
+struct EchoDevice {
+    notified: Arc<Mutex<u32>>,
+}
+
+impl VirtioDevice for EchoDevice {
+    fn device_type(&self) -> u32 {
+        PROBE_TYPE
+    }
+    fn features(&self) -> u64 {
+        0
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[16]
+    }
+    fn read_config(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
+        let queue = activation.queues.into_iter().next();
+        let queue = queue.ok_or(ActivateError::MissingQueue(0))?;
+        let interrupt = activation.interrupt;
+        let notified = self.notified.clone();
+        std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while std::time::Instant::now() < deadline {
+                if queue.notifier.read().is_ok() {
+                    *notified.lock().unwrap() += 1;
+                    interrupt.notify(InterruptKind::Queue(queue.index)).unwrap();
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        Ok(())
+    }
+    fn reset(&mut self) {}
+}
+
+#[test]
+fn guest_activates_device_notifies_queue_and_sees_used_interrupt() {
+    let _guard = serialize();
+    let Some(payload) = Payload::build("virtio_activate") else {
+        return;
+    };
+    if !kvm_usable() {
+        return;
+    }
+    let kernel = payload.elf64();
+    let console = Console::default();
+    let notified = Arc::new(Mutex::new(0));
+    let mut cfg = config(&kernel, &console);
+    cfg.devices.push(Box::new(EchoDevice {
+        notified: notified.clone(),
+    }));
+    let (reason, vm) = boot(cfg);
+    assert_eq!(reason, ExitReason::I8042Reset);
+    let out = console.bytes();
+    assert_eq!(out.len(), 36, "serial output: {out:?}");
+    assert_eq!(u32_at(&out, 20), 11, "FEATURES_OK accepted");
+    assert_eq!(u32_at(&out, 24), 15, "DRIVER_OK accepted");
+    assert_eq!(u32_at(&out, 28), 1, "used-buffer interrupt pending");
+    assert_eq!(u32_at(&out, 32), 0, "acked");
+    assert_eq!(*notified.lock().unwrap(), 1);
+    assert_eq!(vm.virtio_status(0), Some(15));
 }
 
 #[test]
