@@ -318,3 +318,24 @@ fn create_devices(
     }
     Ok((Buses { pio, mmio }, transports))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_can_move_to_another_thread() {
+        fn assert_send<T: Send>() {}
+        assert_send::<Vm>();
+    }
+
+    #[test]
+    fn cmdline_lists_each_device_with_its_window_and_irq() {
+        let cmdline = build_cmdline(" console=ttyS0 ", 2).unwrap();
+        assert_eq!(
+            cmdline.as_cstring().unwrap().to_str().unwrap(),
+            "console=ttyS0 virtio_mmio.device=4K@0xd0000000:5 \
+             virtio_mmio.device=4K@0xd0001000:6"
+        );
+    }
+}
