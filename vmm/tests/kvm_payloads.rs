@@ -524,6 +524,24 @@ fn bzimage_bigger_than_memory_is_refused() {
 }
 
 #[test]
+fn cmdline_longer_than_bzimage_accepts_is_refused() {
+    let _guard = serialize();
+    let Some(payload) = Payload::build("serial_hello") else {
+        return;
+    };
+    // The test bzImage declares cmdline_size 2048.
+    let kernel = payload.bzimage();
+    let console = Console::default();
+    let mut cfg = config(&kernel, &console);
+    cfg.cmdline = format!("husk.pad={}", "x".repeat(2100));
+    let err = Vm::new(cfg).err().unwrap();
+    assert!(
+        matches!(err, Error::CmdlineTooLong { max: 2048, .. }),
+        "{err}"
+    );
+}
+
+#[test]
 fn triple_fault_ends_the_vm_with_its_reason() {
     let _guard = serialize();
     let Some(payload) = Payload::build("triple_fault") else {

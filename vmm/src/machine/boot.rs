@@ -127,6 +127,16 @@ pub fn load(
         .map_err(Error::Cmdline)?
         .as_bytes_with_nul()
         .len();
+    if let Some(hdr) = loaded.setup_header {
+        // A bzImage states the longest command line it accepts (without NUL).
+        let max = hdr.cmdline_size as usize;
+        if hdr.version >= 0x0206 && cmdline_len - 1 > max {
+            return Err(Error::CmdlineTooLong {
+                len: cmdline_len - 1,
+                max,
+            });
+        }
+    }
 
     write_zero_page(mem, mem_size, &loaded, cmdline_len, initrd)?;
     if let EntryPoint::Pvh32(_) = entry {
@@ -255,7 +265,11 @@ fn write_zero_page(
     }
     params.hdr.type_of_loader = KERNEL_LOADER_OTHER;
     params.hdr.cmd_line_ptr = CMDLINE_START as u32;
-    params.hdr.cmdline_size = cmdline_len as u32;
+    if loaded.setup_header.is_none() {
+        // A bzImage's cmdline_size is the kernel's limit and stays as is;
+        // a vmlinux has no header, so tell it the length we wrote.
+        params.hdr.cmdline_size = cmdline_len as u32;
+    }
     if let Some((addr, size)) = initrd {
         // The initrd is placed below the MMIO gap, so both fit in 32 bits.
         params.hdr.ramdisk_image = addr as u32;

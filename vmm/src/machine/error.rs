@@ -61,6 +61,14 @@ pub enum Error {
     /// The command line is invalid or too long.
     #[error("kernel command line: {0}")]
     Cmdline(#[from] linux_loader::cmdline::Error),
+    /// The command line is longer than the bzImage accepts.
+    #[error("kernel command line is {len} bytes, the kernel accepts at most {max}")]
+    CmdlineTooLong {
+        /// Length of the command line.
+        len: usize,
+        /// The kernel's `cmdline_size`.
+        max: usize,
+    },
     /// More virtio devices than free interrupt lines.
     #[error("{0} virtio devices configured, at most {max} supported", max = super::layout::MAX_VIRTIO_DEVICES)]
     TooManyDevices(usize),
