@@ -1,1 +1,134 @@
-fn main() {}
+//! `husk-agent`: PID 1 of the husk guest (or a plain process for host tests).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use husk_agent::init;
+use husk_agent::listen::ListenAddr;
+use husk_agent::reaper::Reaper;
+use husk_agent::sandbox::Sandbox;
+use husk_agent::service::Service;
+use husk_protocol::agent_ttrpc::create_agent_service;
+
+const USAGE: &str = "usage: husk-agent [--listen vsock:PORT|unix:PATH] [--state-dir DIR] [--resolv-conf PATH] [--log-level LEVEL]";
+
+struct Options {
+    listen: ListenAddr,
+    state_dir: PathBuf,
+    resolv_conf: PathBuf,
+    log_level: String,
+}
+
+fn parse_args() -> anyhow::Result<Options> {
+    let mut options = Options {
+        listen: ListenAddr::Vsock(husk_protocol::AGENT_VSOCK_PORT),
+        state_dir: PathBuf::from("/run/husk-agent"),
+        resolv_conf: PathBuf::from("/etc/resolv.conf"),
+        log_level: "info".into(),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || {
+            args.next()
+                .with_context(|| format!("{arg} needs a value\n{USAGE}"))
+        };
+        match arg.as_str() {
+            "--listen" => options.listen = value()?.parse().map_err(anyhow::Error::msg)?,
+            "--state-dir" => options.state_dir = value()?.into(),
+            "--resolv-conf" => options.resolv_conf = value()?.into(),
+            "--log-level" => options.log_level = value()?,
+            "--version" => {
+                println!("husk-agent {}", env!("CARGO_PKG_VERSION"));
+                std::process::exit(0);
+            }
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            // The kernel passes unknown command-line words to init.
+            other if init::is_init() => tracing::debug!(arg = other, "ignoring argument"),
+            other => anyhow::bail!("unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+    Ok(options)
+}
+
+fn main() {
+    if let Err(err) = run() {
+        eprintln!("husk-agent: {err:#}");
+        if init::is_init() {
+            // PID 1 must not exit: the kernel would panic. Power off instead.
+            init::power_off();
+        }
+        std::process::exit(1);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let options = parse_args()?;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&options.log_level)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    if init::is_init() {
+        init::setup_base_system().context("setting up the guest")?;
+    } else {
+        // Outside a VM, orphans of our containers must still come to us.
+        nix::sys::prctl::set_child_subreaper(true).context("becoming a subreaper")?;
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(options))
+}
+
+async fn serve(options: Options) -> anyhow::Result<()> {
+    let reaper = Reaper::new();
+    tokio::spawn(Arc::clone(&reaper).run());
+
+    let sandbox = Arc::new(Sandbox::new(&options.state_dir, reaper).context("preparing state")?);
+    let service: Arc<dyn husk_protocol::agent_ttrpc::AgentService + Send + Sync> = Arc::new(
+        Service::new(Arc::clone(&sandbox), options.resolv_conf.clone()),
+    );
+
+    if let ListenAddr::Unix(path) = &options.listen {
+        // A stale socket from an earlier run would make bind fail.
+        let _ = std::fs::remove_file(path);
+    }
+    let mut server = ttrpc::r#async::Server::new()
+        .bind(&options.listen.ttrpc_url())
+        .with_context(|| format!("listening on {:?}", options.listen))?
+        .register_service(create_agent_service(service));
+    server.start().await.context("starting the ttrpc server")?;
+    tracing::info!(listen = ?options.listen, "husk-agent serving");
+
+    wait_for_termination().await;
+    // Leave nothing behind: containers are killed and removed, storages unmounted.
+    sandbox.destroy(None).await;
+    let _ = server.shutdown().await;
+    Ok(())
+}
+
+/// Serves until SIGTERM or SIGINT (host tests); as PID 1 those never come.
+async fn wait_for_termination() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,101 @@
+//! Facts about the guest and settings of the guest as a whole: details,
+//! clock, hostname, DNS.
+
+use std::path::Path;
+
+use husk_protocol::agent::GuestDetailsResponse;
+
+use crate::error::{AgentError, Result};
+
+/// The agent's version, the kernel's release, memory and CPUs.
+pub fn details(is_init: bool) -> Result<GuestDetailsResponse> {
+    let uname = nix::sys::utsname::uname().map_err(|e| AgentError::errno("uname", e))?;
+    let meminfo = std::fs::read_to_string("/proc/meminfo")
+        .map_err(|e| AgentError::io("reading /proc/meminfo", e))?;
+    Ok(GuestDetailsResponse {
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        kernel_release: uname.release().to_string_lossy().into_owned(),
+        mem_total_bytes: meminfo_kib(&meminfo, "MemTotal").unwrap_or(0) * 1024,
+        mem_available_bytes: meminfo_kib(&meminfo, "MemAvailable").unwrap_or(0) * 1024,
+        online_cpus: std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1),
+        init: is_init,
+        ..Default::default()
+    })
+}
+
+fn meminfo_kib(meminfo: &str, key: &str) -> Option<u64> {
+    meminfo.lines().find_map(|line| {
+        let rest = line.strip_prefix(key)?.strip_prefix(':')?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// Sets the wall clock.
+pub fn set_date_time(sec: i64, usec: i64) -> Result<()> {
+    if sec < 0 || !(0..1_000_000).contains(&usec) {
+        return Err(AgentError::InvalidArgument(format!(
+            "invalid time {sec}s {usec}us"
+        )));
+    }
+    let time = nix::sys::time::TimeSpec::new(sec, usec * 1000);
+    nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, time)
+        .map_err(|e| AgentError::errno("setting the clock", e))
+}
+
+/// Sets the guest's hostname.
+pub fn set_hostname(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > 64 || name.contains('\0') {
+        return Err(AgentError::InvalidArgument(format!(
+            "invalid hostname {name:?}"
+        )));
+    }
+    nix::unistd::sethostname(name).map_err(|e| AgentError::errno("setting the hostname", e))
+}
+
+/// Writes the guest's resolv.conf.
+pub fn set_dns(resolv_conf: &Path, nameservers: &[String]) -> Result<()> {
+    let mut text = String::new();
+    for server in nameservers {
+        let addr: std::net::IpAddr = server
+            .parse()
+            .map_err(|_| AgentError::InvalidArgument(format!("invalid nameserver {server:?}")))?;
+        text.push_str(&format!("nameserver {addr}\n"));
+    }
+    std::fs::write(resolv_conf, text)
+        .map_err(|e| AgentError::io(format!("writing {}", resolv_conf.display()), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_meminfo() {
+        let text = "MemTotal:       16384 kB\nMemFree: 1 kB\nMemAvailable:   8192 kB\n";
+        assert_eq!(meminfo_kib(text, "MemTotal"), Some(16384));
+        assert_eq!(meminfo_kib(text, "MemAvailable"), Some(8192));
+        assert_eq!(meminfo_kib(text, "Swap"), None);
+    }
+
+    #[test]
+    fn refuses_bad_time_and_names() {
+        assert!(set_date_time(-1, 0).is_err());
+        assert!(set_date_time(0, 1_000_000).is_err());
+        assert!(set_hostname("").is_err());
+        assert!(set_hostname(&"h".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn dns_must_be_addresses() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("resolv.conf");
+        set_dns(&path, &["10.0.0.1".into(), "::1".into()]).expect("dns");
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("read"),
+            "nameserver 10.0.0.1\nnameserver ::1\n"
+        );
+        assert!(set_dns(&path, &["evil\nsearch x".into()]).is_err());
+    }
+}

@@ -1,0 +1,19 @@
+//! `husk-agent`: PID 1 of the husk guest.
+//!
+//! It mounts the guest's base file systems ([`init`]), reaps every child
+//! ([`reaper`]), and serves the agent API ([`service`]) over ttrpc, creating
+//! OCI containers with youki's libcontainer ([`engine`]).
+
+pub mod cgroups;
+pub mod engine;
+pub mod error;
+pub mod guest;
+pub mod init;
+pub mod listen;
+pub mod process;
+pub mod reaper;
+pub mod sandbox;
+pub mod service;
+pub mod stdio;
+pub mod storage;
+pub mod validate;
