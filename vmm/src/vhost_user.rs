@@ -200,9 +200,13 @@ fn run_session<B>(
                     s.frontend = frontend;
                 }
                 match daemon.wait() {
-                    Ok(()) => tracing::debug!(path = %path.display(), "vhost-user frontend left"),
+                    Ok(())
+                    | Err(vhost_user_backend::Error::HandleRequest(
+                        vhost::vhost_user::Error::Disconnected
+                        | vhost::vhost_user::Error::PartialMessage,
+                    )) => tracing::debug!(path = %path.display(), "vhost-user frontend left"),
                     Err(e) => {
-                        tracing::debug!(path = %path.display(), "vhost-user session ended: {e}")
+                        tracing::warn!(path = %path.display(), "vhost-user session failed: {e}")
                     }
                 }
                 // Let the frontend see the hang-up now, not when the handle drops.

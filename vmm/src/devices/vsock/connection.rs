@@ -2,7 +2,7 @@
 //! its credit-based flow control, over a non-blocking Unix stream.
 
 use std::collections::VecDeque;
-use std::io::{self, ErrorKind, Write};
+use std::io::{ErrorKind, Write};
 use std::net::Shutdown;
 use std::num::Wrapping;
 use std::os::fd::{AsRawFd, RawFd};
@@ -10,7 +10,7 @@ use std::os::unix::net::UnixStream;
 
 use virtio_vsock::packet::VsockPacket;
 use vm_memory::bitmap::BitmapSlice;
-use vm_memory::{ReadVolatile, VolatileMemoryError, VolatileSlice, WriteVolatile};
+use vm_memory::{ReadVolatile, VolatileMemoryError};
 use vmm_sys_util::epoll::EventSet;
 
 use super::packet::{Header, Op, HEADER_LEN, HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
@@ -223,12 +223,7 @@ impl Connection {
     }
 
     /// Handles a packet the guest sent on this connection.
-    pub(crate) fn on_guest_packet(
-        &mut self,
-        op: Op,
-        hdr: &Header,
-        data: Option<&VolatileSlice<'_, impl BitmapSlice>>,
-    ) -> Verdict {
+    pub(crate) fn on_guest_packet(&mut self, op: Op, hdr: &Header, data: Option<&[u8]>) -> Verdict {
         self.update_guest_credit(hdr);
         match op {
             Op::Rst => Verdict::Close,
@@ -272,7 +267,7 @@ impl Connection {
     }
 
     /// Sends guest data to the host peer, buffering what it cannot take yet.
-    fn forward_to_host(&mut self, data: &VolatileSlice<'_, impl BitmapSlice>) -> Verdict {
+    fn forward_to_host(&mut self, data: &[u8]) -> Verdict {
         let len = data.len();
         if len == 0 {
             return Verdict::Keep;
@@ -283,20 +278,17 @@ impl Connection {
         }
         let mut written = 0;
         if self.to_host.is_empty() && !self.host_write_shut {
-            match self.stream.write_volatile(data) {
-                Ok(n) => written = n,
-                Err(VolatileMemoryError::IOError(e)) if is_transient(&e) => {}
-                Err(_) => return Verdict::Reset,
+            loop {
+                match self.stream.write(data) {
+                    Ok(n) => written = n,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(_) => return Verdict::Reset,
+                }
+                break;
             }
         }
-        if written < len {
-            let mut rest = vec![0u8; len - written];
-            let Ok(tail) = data.subslice(written, len - written) else {
-                return Verdict::Reset;
-            };
-            tail.copy_to(&mut rest[..]);
-            self.to_host.extend(rest);
-        }
+        self.to_host.extend(data.get(written..).unwrap_or_default());
         self.from_guest_cnt += Wrapping(len as u32);
         self.fwd_cnt += Wrapping(written as u32);
         self.note_forwarded();
@@ -424,8 +416,4 @@ impl Connection {
             };
         }
     }
-}
-
-fn is_transient(e: &io::Error) -> bool {
-    matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted)
 }

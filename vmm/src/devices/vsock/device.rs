@@ -6,7 +6,7 @@ use std::path::Path;
 
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use virtio_vsock::packet::VsockPacket;
-use vm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestMemoryMmap};
 
 use super::connection::MAX_PKT_DATA;
 use super::muxer::Muxer;
@@ -34,6 +34,8 @@ pub const VIRTIO_ID_VSOCK: u32 = 19;
 pub struct VsockDevice {
     guest_cid: u64,
     muxer: Muxer,
+    /// Scratch space for one TX payload (at most `MAX_PKT_DATA`).
+    tx_data: Vec<u8>,
 }
 
 impl VsockDevice {
@@ -47,7 +49,11 @@ impl VsockDevice {
             path: uds_path.to_owned(),
             source,
         })?;
-        Ok(VsockDevice { guest_cid, muxer })
+        Ok(VsockDevice {
+            guest_cid,
+            muxer,
+            tx_data: Vec::new(),
+        })
     }
 
     /// The guest's CID.
@@ -90,18 +96,17 @@ impl VsockDevice {
     /// the driver unread. Returns whether the used ring changed.
     pub fn process_tx(&mut self, mem: &GuestMemoryMmap, queue: &mut Queue) -> bool {
         let mut used = false;
-        while let Some(mut chain) = queue.pop_descriptor_chain(mem) {
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
-            let probe = chain.clone();
-            match VsockPacket::from_tx_virtq_chain(mem, &mut chain, MAX_PKT_DATA) {
-                Ok(pkt) => {
-                    let hdr = Header::read(&pkt);
-                    self.muxer.handle_guest_packet(&hdr, pkt.data_slice());
+            match read_tx_packet(mem, chain, &mut self.tx_data) {
+                Ok(hdr) => {
+                    let data = (hdr.len > 0).then_some(&self.tx_data[..]);
+                    self.muxer.handle_guest_packet(&hdr, data);
                 }
-                Err(e) => {
-                    tracing::debug!("dropping malformed vsock TX chain: {e}");
+                Err(TxError { header, reason }) => {
+                    tracing::debug!("dropping malformed vsock TX chain: {reason}");
                     // A lost RW would silently corrupt its stream: reset it instead.
-                    if let Some(hdr) = readable_header(mem, probe) {
+                    if let Some(hdr) = header {
                         self.muxer.reset_connection_of(&hdr);
                     }
                 }
@@ -146,19 +151,64 @@ impl VsockDevice {
     }
 }
 
-/// The header at the head of a TX chain, if it is readable at all.
-fn readable_header<M>(mem: &GuestMemoryMmap, mut chain: DescriptorChain<M>) -> Option<Header>
+/// Why a TX chain was refused, with its header when that was readable.
+struct TxError {
+    header: Option<Header>,
+    reason: &'static str,
+}
+
+/// Reads a TX packet: the header from the head descriptor, then `len` bytes
+/// of payload gathered from the rest of the head and the following
+/// descriptors (Linux splits large payloads over several). The payload is
+/// copied into `data`, never more than [`MAX_PKT_DATA`] bytes.
+fn read_tx_packet<M>(
+    mem: &GuestMemoryMmap,
+    mut chain: DescriptorChain<M>,
+    data: &mut Vec<u8>,
+) -> Result<Header, TxError>
 where
     M: std::ops::Deref,
     M::Target: vm_memory::GuestMemory,
 {
-    let desc = chain.next()?;
-    if desc.is_write_only() || desc.len() < HEADER_LEN {
-        return None;
+    let fail = |header, reason| TxError { header, reason };
+    let head = chain.next().ok_or(fail(None, "empty chain"))?;
+    if head.is_write_only() || head.len() < HEADER_LEN {
+        return Err(fail(None, "bad header descriptor"));
     }
     let mut raw = [0u8; HEADER_LEN as usize];
-    mem.read_slice(&mut raw, desc.addr()).ok()?;
-    Some(Header::from_bytes(&raw))
+    mem.read_slice(&mut raw, head.addr())
+        .map_err(|_| fail(None, "header outside guest memory"))?;
+    let hdr = Header::from_bytes(&raw);
+    if hdr.len > MAX_PKT_DATA {
+        return Err(fail(Some(hdr), "payload too long"));
+    }
+    data.clear();
+    let want = hdr.len as usize;
+    let mut segment = head
+        .addr()
+        .checked_add(u64::from(HEADER_LEN))
+        .map(|addr| (addr, head.len() - HEADER_LEN));
+    while data.len() < want {
+        let (addr, len) = match segment.take() {
+            Some(seg) => seg,
+            None => {
+                let desc = chain
+                    .next()
+                    .ok_or(fail(Some(hdr), "payload shorter than len"))?;
+                if desc.is_write_only() {
+                    return Err(fail(Some(hdr), "device-writable TX descriptor"));
+                }
+                (desc.addr(), desc.len())
+            }
+        };
+        let take = (len as usize).min(want - data.len());
+        let start = data.len();
+        data.resize(start + take, 0);
+        let dst = data.get_mut(start..).unwrap_or_default();
+        mem.read_slice(dst, addr)
+            .map_err(|_| fail(Some(hdr), "payload outside guest memory"))?;
+    }
+    Ok(hdr)
 }
 
 impl AsRawFd for VsockDevice {

@@ -1,7 +1,6 @@
 //! virtio-vsock backend: hybrid vsock over Unix sockets (Firecracker protocol).
 //!
-//! - `packet`: header values and the owned header copy (chain parsing is
-//!   `virtio-vsock`'s).
+//! - `packet`: header values and the owned header copy.
 //! - `connection`: one stream's state machine and credit flow control.
 //! - `muxer`: the Unix-socket side (listener, CONNECT handshake, `<path>_<port>`).
 //! - [`VsockDevice`]: the transport-independent device core.

@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
 use virtio_vsock::packet::VsockPacket;
 use vm_memory::bitmap::BitmapSlice;
-use vm_memory::VolatileSlice;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::connection::{Connection, RxFill, Verdict};
@@ -287,11 +286,7 @@ impl Muxer {
     }
 
     /// Handles a packet the guest sent.
-    pub(crate) fn handle_guest_packet<B: BitmapSlice>(
-        &mut self,
-        hdr: &Header,
-        data: Option<&VolatileSlice<'_, B>>,
-    ) {
+    pub(crate) fn handle_guest_packet(&mut self, hdr: &Header, data: Option<&[u8]>) {
         // A guest cannot speak for another CID; answering would help it spoof.
         if hdr.src_cid != self.guest_cid {
             tracing::debug!(

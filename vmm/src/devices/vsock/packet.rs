@@ -1,8 +1,9 @@
 //! The virtio-vsock packet header: field values of the spec and an owned copy
 //! of the header that the rest of the device works with.
 //!
-//! Descriptor-chain parsing itself is `virtio-vsock`'s `VsockPacket`; this
-//! module only turns its getters and setters into one plain value.
+//! RX buffers are parsed by `virtio-vsock`'s `VsockPacket`; TX chains are
+//! parsed in `device.rs` because Linux spreads one payload over several
+//! descriptors, which `VsockPacket` does not accept.
 
 use virtio_vsock::packet::VsockPacket;
 use vm_memory::bitmap::BitmapSlice;
@@ -104,22 +105,6 @@ impl Header {
             flags: u32_at(32),
             buf_alloc: u32_at(36),
             fwd_cnt: u32_at(40),
-        }
-    }
-
-    /// Copies the header out of a parsed packet.
-    pub(crate) fn read<B: BitmapSlice>(pkt: &VsockPacket<'_, B>) -> Self {
-        Header {
-            src_cid: pkt.src_cid(),
-            dst_cid: pkt.dst_cid(),
-            src_port: pkt.src_port(),
-            dst_port: pkt.dst_port(),
-            len: pkt.len(),
-            type_: pkt.type_(),
-            op: pkt.op(),
-            flags: pkt.flags(),
-            buf_alloc: pkt.buf_alloc(),
-            fwd_cnt: pkt.fwd_cnt(),
         }
     }
 

@@ -631,6 +631,28 @@ fn malformed_tx_chains_are_returned_and_harmless() {
 }
 
 #[test]
+fn payload_split_over_descriptors_is_reassembled() {
+    let mut h = Harness::new();
+    let (mut c, hp) = h.host_connect(1024);
+    // Header and the first bytes in one descriptor, the rest in two more.
+    let mut hdr = guest_hdr(Op::Rw, 1024, hp);
+    hdr.len = 12;
+    let a = h.alloc(4096);
+    let mut head = header_bytes(&hdr);
+    head.extend(b"abcd");
+    h.mem.write_slice(&head, GuestAddress(a)).unwrap();
+    let b = h.alloc(4096);
+    h.mem.write_slice(b"efgh", GuestAddress(b)).unwrap();
+    let d = h.alloc(4096);
+    h.mem.write_slice(b"ijklZZZZ", GuestAddress(d)).unwrap();
+    h.txd
+        .publish(&h.mem, &[(a, HEADER_LEN + 4), (b, 4), (d, 8)], false);
+    h.kick_tx();
+    assert_eq!(read_exactly(&mut c, 12), b"abcdefghijkl");
+    assert_eq!(h.dev.connection_count(), 1);
+}
+
+#[test]
 fn malformed_rw_on_a_live_connection_resets_it() {
     let mut h = Harness::new();
     let (mut c, hp) = h.host_connect(1024);

@@ -22,7 +22,9 @@ use crate::vhost_user::{serve, ServeHandle, ServedBackend};
 const VHOST_USER_F_PROTOCOL_FEATURES: u32 = 30;
 /// The `handle_event` token of the device's host-side epoll fd.
 const HOST_EVENT: u16 = NUM_QUEUES as u16 + 1;
-const QUEUE_SIZE: usize = 256;
+/// QEMU's virtio-mmio offers the driver queues of up to 1024 entries and
+/// Linux takes the maximum; a smaller limit here fails SET_VRING_NUM.
+const QUEUE_SIZE: usize = 1024;
 
 /// [`VsockDevice`] as a `vhost-user-backend` backend.
 pub struct VsockBackend {
