@@ -5,11 +5,13 @@
 //! - `muxer`: the Unix-socket side (listener, CONNECT handshake, `<path>_<port>`).
 //! - [`VsockDevice`]: the transport-independent device core.
 //! - [`serve_vsock`]: the device served to QEMU over vhost-user.
+//! - [`VsockMmioDevice`]: the device behind the builtin VMM's virtio-mmio transport.
 //!
 //! See `docs/devices/vsock.md` for the protocol, limits and hostile-input rules.
 
 mod connection;
 mod device;
+mod mmio;
 mod muxer;
 mod packet;
 mod vhost_user;
@@ -21,6 +23,7 @@ use std::io;
 use std::path::PathBuf;
 
 pub use device::{VsockDevice, EVENT_QUEUE, NUM_QUEUES, RX_QUEUE, TX_QUEUE, VIRTIO_ID_VSOCK};
+pub use mmio::VsockMmioDevice;
 pub use packet::HOST_CID;
 pub use vhost_user::{serve_vsock, VsockBackend};
 

@@ -737,3 +737,113 @@ fn serve_vsock_listens_and_stops_cleanly() {
     assert!(!vhost.exists());
     assert!(!uds.exists(), "the device, and its socket, are gone");
 }
+
+mod mmio_face {
+    use std::sync::mpsc;
+    use std::sync::{Arc, Mutex};
+
+    use vm_memory::GuestMemoryAtomic;
+    use vmm_sys_util::eventfd::EventFd;
+
+    use super::*;
+    use crate::devices::vsock::VsockMmioDevice;
+    use crate::virtio::{Activation, ActiveQueue, InterruptKind, VirtioDevice, VirtioInterrupt};
+
+    struct Recorder(Mutex<mpsc::Sender<InterruptKind>>);
+
+    impl VirtioInterrupt for Recorder {
+        fn notify(&self, kind: InterruptKind) -> std::io::Result<()> {
+            let _ = self.0.lock().unwrap().send(kind);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn worker_serves_queues_and_host_events_until_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let uds = dir.path().join("vsock.sock");
+        let mut dev = VsockMmioDevice::new(CID, &uds).unwrap();
+        assert_eq!(dev.device_type(), 19);
+        let mut cid = [0u8; 8];
+        dev.read_config(0, &mut cid);
+        assert_eq!(u64::from_le_bytes(cid), CID);
+        let mut past_end = [0xffu8; 4];
+        dev.read_config(6, &mut past_end);
+        assert_eq!(past_end, [0, 0, 0, 0]);
+
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+        let mut rxd = DriverQueue {
+            base: 0x1_0000,
+            next_desc: 0,
+            avail_idx: 0,
+            used_seen: 0,
+        };
+        let txd = DriverQueue {
+            base: 0x2_0000,
+            next_desc: 0,
+            avail_idx: 0,
+            used_seen: 0,
+        };
+        let rx_kick = EventFd::new(0).unwrap();
+        let queues = vec![
+            ActiveQueue {
+                index: 0,
+                queue: rxd.queue(),
+                notifier: rx_kick.try_clone().unwrap(),
+            },
+            ActiveQueue {
+                index: 1,
+                queue: txd.queue(),
+                notifier: EventFd::new(0).unwrap(),
+            },
+        ];
+        let (send, irqs) = mpsc::channel();
+        dev.activate(Activation {
+            mem: GuestMemoryAtomic::new(mem.clone()),
+            acked_features: 1 << 32,
+            queues,
+            interrupt: Arc::new(Recorder(Mutex::new(send))),
+        })
+        .unwrap();
+
+        rxd.publish(&mem, &[(0x10_0000, HEADER_LEN + RX_BUF)], true);
+        rx_kick.write(1).unwrap();
+        let mut client = UnixStream::connect(&uds).unwrap();
+        client.write_all(b"CONNECT 1024\n").unwrap();
+        let irq = irqs.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(irq, InterruptKind::Queue(0));
+        assert_eq!(rxd.take_used(&mem).len(), 1);
+        let mut raw = [0u8; HEADER_LEN as usize];
+        mem.read_slice(&mut raw, GuestAddress(0x10_0000)).unwrap();
+        let req = parse_header(&raw);
+        assert_eq!((req.op, req.dst_port), (Op::Request.raw(), 1024));
+
+        dev.reset();
+        assert_closed(&mut client);
+    }
+
+    #[test]
+    fn activation_without_tx_queue_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut dev = VsockMmioDevice::new(CID, &dir.path().join("s")).unwrap();
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let rxd = DriverQueue {
+            base: 0x1_0000,
+            next_desc: 0,
+            avail_idx: 0,
+            used_seen: 0,
+        };
+        let (send, _irqs) = mpsc::channel();
+        let result = dev.activate(Activation {
+            mem: GuestMemoryAtomic::new(mem),
+            acked_features: 0,
+            queues: vec![ActiveQueue {
+                index: 0,
+                queue: rxd.queue(),
+                notifier: EventFd::new(0).unwrap(),
+            }],
+            interrupt: Arc::new(Recorder(Mutex::new(send))),
+        });
+        assert!(result.is_err());
+    }
+}
