@@ -8,6 +8,7 @@ use std::sync::{Arc, RwLock};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackendMut, VringRwLock, VringT};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
@@ -52,7 +53,7 @@ impl VsockBackend {
         let (Some(rx), Some(tx)) = (vrings.get(RX_QUEUE), vrings.get(TX_QUEUE)) else {
             return Ok(());
         };
-        if tx.get_ref().is_enabled() {
+        if is_live(tx) {
             let used = {
                 let mut state = tx.get_mut();
                 self.device.process_tx(&mem, state.get_queue_mut())
@@ -64,7 +65,7 @@ impl VsockBackend {
         if host_event {
             self.device.process_host_events();
         }
-        if rx.get_ref().is_enabled() {
+        if is_live(rx) {
             let used = {
                 let mut state = rx.get_mut();
                 self.device.process_rx(&mem, state.get_queue_mut())
@@ -75,6 +76,12 @@ impl VsockBackend {
         }
         Ok(())
     }
+}
+
+/// A vring the frontend both started (kick set) and enabled.
+fn is_live(vring: &VringRwLock) -> bool {
+    let state = vring.get_ref();
+    state.is_enabled() && state.get_queue().ready()
 }
 
 impl VhostUserBackendMut for VsockBackend {
