@@ -1,0 +1,225 @@
+//! The ttrpc connection to `husk-agent` over the hybrid vsock Unix socket.
+//!
+//! The host connects to `<sandbox>/vsock.sock`, writes `CONNECT <port>\n`
+//! and reads `OK <n>\n`; from then on the stream is the guest's vsock port.
+//! Until the agent listens, the device refuses the connection (the Unix
+//! stream is closed), so connecting is retried until a deadline.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use husk_protocol::agent_ttrpc::AgentServiceClient;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::time::Instant;
+
+/// Longest handshake reply accepted (`OK ` + a u32 + `\n` is at most 14).
+const MAX_REPLY_LEN: usize = 32;
+/// Pause between connection attempts while the guest boots.
+const RETRY_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Errors connecting to the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The agent did not accept a connection before the deadline.
+    #[error("agent not reachable at {socket} (port {port}) within {timeout:?}: {last}")]
+    Timeout {
+        /// The hybrid vsock socket.
+        socket: PathBuf,
+        /// The guest port.
+        port: u32,
+        /// The deadline given.
+        timeout: Duration,
+        /// The last attempt's failure.
+        last: String,
+    },
+    /// The device answered the handshake with something other than `OK <n>`.
+    #[error("unexpected hybrid vsock reply {0:?}")]
+    BadReply(String),
+}
+
+/// Why one attempt failed: try again, or give up.
+enum Attempt {
+    Retry(String),
+    Fatal(Error),
+}
+
+/// Connects to the agent listening on guest vsock `port` behind the hybrid
+/// vsock socket `socket`, retrying until `timeout`, and returns its client.
+pub async fn connect(
+    socket: &Path,
+    port: u32,
+    timeout: Duration,
+) -> Result<AgentServiceClient, Error> {
+    let stream = connect_stream(socket, port, timeout).await?;
+    let client = husk_protocol::ttrpc::r#async::Client::new(stream.into());
+    Ok(AgentServiceClient::new(client))
+}
+
+/// The hybrid vsock handshake with retries; returns the connected stream.
+pub async fn connect_stream(
+    socket: &Path,
+    port: u32,
+    timeout: Duration,
+) -> Result<UnixStream, Error> {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::from("no attempt");
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(Error::Timeout {
+                socket: socket.to_owned(),
+                port,
+                timeout,
+                last,
+            });
+        }
+        match tokio::time::timeout(remaining, try_connect(socket, port)).await {
+            Ok(Ok(stream)) => return Ok(stream),
+            Ok(Err(Attempt::Fatal(e))) => return Err(e),
+            Ok(Err(Attempt::Retry(why))) => {
+                tracing::trace!(socket = %socket.display(), port, "agent not ready: {why}");
+                last = why;
+            }
+            Err(_) => last = "handshake timed out".into(),
+        }
+        tokio::time::sleep(RETRY_INTERVAL.min(deadline.saturating_duration_since(Instant::now())))
+            .await;
+    }
+}
+
+async fn try_connect(socket: &Path, port: u32) -> Result<UnixStream, Attempt> {
+    let retry = |what: &str, e: std::io::Error| Attempt::Retry(format!("{what}: {e}"));
+    let mut stream = UnixStream::connect(socket)
+        .await
+        .map_err(|e| retry("connect", e))?;
+    stream
+        .write_all(format!("CONNECT {port}\n").as_bytes())
+        .await
+        .map_err(|e| retry("write CONNECT", e))?;
+    // Byte by byte: anything after the newline already belongs to ttrpc.
+    let mut reply = Vec::with_capacity(MAX_REPLY_LEN);
+    loop {
+        let byte = match stream.read_u8().await {
+            Ok(b) => b,
+            // The device closes the stream when the guest refuses the port.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Err(Attempt::Retry("connection refused by the guest".into()))
+            }
+            Err(e) => return Err(retry("read reply", e)),
+        };
+        if byte == b'\n' {
+            break;
+        }
+        if reply.len() >= MAX_REPLY_LEN {
+            return Err(Attempt::Fatal(Error::BadReply(
+                String::from_utf8_lossy(&reply).into_owned(),
+            )));
+        }
+        reply.push(byte);
+    }
+    let text = String::from_utf8_lossy(&reply);
+    match text.strip_prefix("OK ").map(str::parse::<u32>) {
+        Some(Ok(_)) => Ok(stream),
+        _ => Err(Attempt::Fatal(Error::BadReply(text.into_owned()))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncBufReadExt;
+    use tokio::net::UnixListener;
+
+    use super::*;
+
+    /// A fake hybrid vsock socket: refuses `refusals` connections (closes
+    /// them after the CONNECT line), then answers `reply` and echoes.
+    async fn fake_device(listener: UnixListener, refusals: usize, reply: &'static str) {
+        for n in 0.. {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let mut stream = tokio::io::BufReader::new(stream);
+            let mut line = String::new();
+            if stream.read_line(&mut line).await.is_err() || line != "CONNECT 1024\n" {
+                return;
+            }
+            if n < refusals {
+                continue;
+            }
+            let mut stream = stream.into_inner();
+            let _ = stream.write_all(reply.as_bytes()).await;
+            let mut buf = [0u8; 16];
+            while let Ok(len) = stream.read(&mut buf).await {
+                if len == 0
+                    || stream
+                        .write_all(buf.get(..len).unwrap_or_default())
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
+            }
+            return;
+        }
+    }
+
+    #[tokio::test]
+    async fn retries_until_the_guest_accepts_then_hands_over_the_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vsock.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let device = tokio::spawn(fake_device(listener, 3, "OK 1073741824\nPING"));
+        let mut stream = connect_stream(&path, 1024, Duration::from_secs(5))
+            .await
+            .unwrap();
+        // Bytes after the reply line were not eaten by the handshake.
+        let mut first = [0u8; 4];
+        stream.read_exact(&mut first).await.unwrap();
+        assert_eq!(&first, b"PING");
+        stream.write_all(b"echo").await.unwrap();
+        stream.read_exact(&mut first).await.unwrap();
+        assert_eq!(&first, b"echo");
+        drop(stream);
+        device.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn gives_up_at_the_deadline_when_nothing_listens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("absent.sock");
+        let err = connect_stream(&path, 1024, Duration::from_millis(100))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Timeout { port: 1024, .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_malformed_reply_is_an_error_not_a_retry() {
+        for reply in ["NOPE\n", "OK x\n", "OK 1 2\n"] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("vsock.sock");
+            let listener = UnixListener::bind(&path).unwrap();
+            let device = tokio::spawn(fake_device(listener, 0, reply));
+            let err = connect_stream(&path, 1024, Duration::from_secs(5))
+                .await
+                .unwrap_err();
+            assert!(matches!(err, Error::BadReply(_)), "{reply:?}: {err}");
+            device.abort();
+        }
+    }
+
+    #[tokio::test]
+    async fn an_endless_reply_line_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vsock.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let long: &'static str = Box::leak("OK 1".repeat(1000).into_boxed_str());
+        let device = tokio::spawn(fake_device(listener, 0, long));
+        let err = connect_stream(&path, 1024, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::BadReply(ref r) if r.len() == MAX_REPLY_LEN));
+        device.abort();
+    }
+}

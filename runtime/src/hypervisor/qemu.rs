@@ -1,0 +1,561 @@
+//! The QEMU backend: `qemu-system-x86_64 -M microvm`, with husk's own vsock
+//! and virtio-fs backends served to it over vhost-user from threads of this
+//! process (no extra daemons).
+//!
+//! KVM is used where it can run Linux guests; elsewhere TCG (`-cpu max`).
+//! Guest RAM is a shared memfd, which vhost-user requires. `acpi=off` makes
+//! QEMU describe the virtio-mmio devices on the kernel command line.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use husk_vmm::devices::fs::serve_fs;
+use husk_vmm::devices::vsock::serve_vsock;
+use husk_vmm::machine::HostCheck;
+use husk_vmm::vhost_user::ServeHandle;
+
+use super::{Error, Hypervisor, VmSpec, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB};
+
+/// The guest's vsock CID.
+pub const GUEST_CID: u64 = 3;
+/// The virtio-fs tag the agent mounts.
+pub const FS_TAG: &str = "husk";
+/// The kernel command line the backend always passes. `reboot=t` with
+/// QEMU's `-no-reboot` turns a guest reboot into QEMU exiting; `panic=-1`
+/// turns a panic into a reboot, so a dead guest never lingers.
+pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 quiet";
+/// The program looked up in `PATH` by [`Qemu::new`].
+pub const DEFAULT_PROGRAM: &str = "qemu-system-x86_64";
+
+/// How long `start` watches QEMU for an immediate failure (bad option,
+/// refused vhost-user connection) before declaring it launched.
+const STARTUP_WATCH: Duration = Duration::from_millis(200);
+/// How much of QEMU's stderr goes into an error.
+const STDERR_TAIL: usize = 2048;
+
+/// How QEMU executes guest code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    /// Hardware virtualization through KVM.
+    Kvm,
+    /// QEMU's software emulation.
+    Tcg,
+}
+
+impl Accel {
+    /// KVM where this host's KVM can run Linux guests, TCG otherwise.
+    pub fn detect() -> Self {
+        if HostCheck::run().can_run_linux_guests() {
+            Accel::Kvm
+        } else {
+            Accel::Tcg
+        }
+    }
+}
+
+/// The QEMU backend. Runs at most one VM at a time.
+pub struct Qemu {
+    program: PathBuf,
+    accel: Accel,
+    vm: Option<RunningVm>,
+}
+
+/// A launched VM: the QEMU process and the backends it talks to.
+struct RunningVm {
+    child: Child,
+    status: Option<ExitStatus>,
+    vsock: ServeHandle,
+    fs: ServeHandle,
+}
+
+impl Qemu {
+    /// `qemu-system-x86_64` from `PATH`, with the accelerator this host supports.
+    pub fn new() -> Self {
+        let program = find_in_path(DEFAULT_PROGRAM).unwrap_or_else(|| DEFAULT_PROGRAM.into());
+        Self::with_program(program, Accel::detect())
+    }
+
+    /// A given QEMU program and accelerator.
+    pub fn with_program(program: PathBuf, accel: Accel) -> Self {
+        Self {
+            program,
+            accel,
+            vm: None,
+        }
+    }
+
+    /// The accelerator in use.
+    pub fn accel(&self) -> Accel {
+        self.accel
+    }
+
+    fn check(&self, spec: &VmSpec) -> Result<(), Error> {
+        if !is_executable(&self.program) {
+            return Err(Error::MissingProgram(self.program.clone()));
+        }
+        for (what, path) in [("kernel", &spec.kernel), ("initrd", &spec.initrd)] {
+            if !path.is_file() {
+                return Err(Error::MissingFile {
+                    what,
+                    path: path.clone(),
+                });
+            }
+        }
+        if !spec.sandbox.shared_dir().is_dir() {
+            return Err(Error::MissingSandbox(spec.sandbox.path().to_owned()));
+        }
+        validate_spec(spec)
+    }
+}
+
+impl Default for Qemu {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Hypervisor for Qemu {
+    fn start(&mut self, spec: &VmSpec) -> Result<(), Error> {
+        if self.vm.is_some() {
+            return Err(Error::AlreadyRunning);
+        }
+        self.check(spec)?;
+        let dir = &spec.sandbox;
+
+        let vsock = serve_vsock(&dir.vhost_vsock_socket(), &dir.vsock_socket(), GUEST_CID)
+            .map_err(|e| Error::Device {
+                device: "vsock",
+                message: e.to_string(),
+            })?;
+        let fs = serve_fs(&dir.vhost_fs_socket(), &dir.shared_dir(), FS_TAG).map_err(|e| {
+            Error::Device {
+                device: "fs",
+                message: e.to_string(),
+            }
+        })?;
+
+        let log_path = dir.hypervisor_log();
+        let stderr = File::create(&log_path).map_err(|source| Error::Spawn {
+            program: log_path.clone(),
+            source,
+        })?;
+        let args = command_line(spec, self.accel);
+        tracing::debug!(program = %self.program.display(), ?args, "starting QEMU");
+        let mut child = Command::new(&self.program)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .map_err(|source| Error::Spawn {
+                program: self.program.clone(),
+                source,
+            })?;
+
+        // QEMU refuses bad options and unreachable vhost-user sockets right
+        // away; catch that here so the caller gets QEMU's reason, not an
+        // agent connection timeout.
+        let deadline = Instant::now() + STARTUP_WATCH;
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait().map_err(Error::Process)? {
+                return Err(Error::EarlyExit {
+                    status,
+                    stderr: read_tail(&log_path, STDERR_TAIL),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.vm = Some(RunningVm {
+            child,
+            status: None,
+            vsock,
+            fs,
+        });
+        Ok(())
+    }
+
+    fn wait(&mut self, timeout: Duration) -> Result<Option<ExitStatus>, Error> {
+        let Some(vm) = self.vm.as_mut() else {
+            return Ok(None);
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = vm.status {
+                return Ok(Some(status));
+            }
+            vm.status = vm.child.try_wait().map_err(Error::Process)?;
+            if vm.status.is_none() {
+                if Instant::now() >= deadline {
+                    return Ok(None);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+
+    fn stop(&mut self, grace: Duration) -> Result<(), Error> {
+        if self.wait(grace)?.is_none() {
+            if let Some(vm) = self.vm.as_mut() {
+                tracing::warn!(
+                    pid = vm.child.id(),
+                    "VM did not end by itself; killing QEMU"
+                );
+                // The child is ours and not yet reaped, so its pid is still ours.
+                vm.child.kill().map_err(Error::Process)?;
+                vm.status = Some(vm.child.wait().map_err(Error::Process)?);
+            }
+        }
+        if let Some(mut vm) = self.vm.take() {
+            vm.vsock.stop();
+            vm.fs.stop();
+        }
+        Ok(())
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.vm
+            .as_ref()
+            .filter(|vm| vm.status.is_none())
+            .map(|vm| vm.child.id())
+    }
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        // Never leave a QEMU behind; the owner should have stopped it.
+        if let Err(e) = self.stop(Duration::ZERO) {
+            tracing::warn!("stopping QEMU on drop: {e}");
+        }
+    }
+}
+
+/// QEMU's arguments for `spec`.
+fn command_line(spec: &VmSpec, accel: Accel) -> Vec<OsString> {
+    let dir = &spec.sandbox;
+    let mem = spec.memory_mib;
+    let mut cmdline = BASE_CMDLINE.to_owned();
+    for arg in &spec.kernel_args {
+        cmdline.push(' ');
+        cmdline.push_str(arg);
+    }
+    let mut args: Vec<OsString> = Vec::new();
+    let mut push = |a: &str| args.push(a.into());
+    push("-M");
+    push("microvm,acpi=off,memory-backend=mem");
+    match accel {
+        Accel::Kvm => {
+            push("-accel");
+            push("kvm");
+            push("-cpu");
+            push("host");
+        }
+        Accel::Tcg => {
+            push("-accel");
+            push("tcg");
+            push("-cpu");
+            push("max");
+        }
+    }
+    push("-m");
+    push(&format!("{mem}M"));
+    push("-smp");
+    push(&spec.vcpus.to_string());
+    push("-object");
+    push(&format!("memory-backend-memfd,id=mem,size={mem}M,share=on"));
+    for a in [
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+    ] {
+        push(a);
+    }
+    push("-chardev");
+    push(&format!(
+        "file,id=console,path={}",
+        opt_path(&dir.console_log())
+    ));
+    push("-serial");
+    push("chardev:console");
+    push("-chardev");
+    push(&format!(
+        "socket,id=vsock,path={}",
+        opt_path(&dir.vhost_vsock_socket())
+    ));
+    push("-device");
+    push("vhost-user-vsock-device,chardev=vsock");
+    push("-chardev");
+    push(&format!(
+        "socket,id=fs,path={}",
+        opt_path(&dir.vhost_fs_socket())
+    ));
+    push("-device");
+    push(&format!("vhost-user-fs-device,chardev=fs,tag={FS_TAG}"));
+    push("-append");
+    push(&cmdline);
+    args.push("-kernel".into());
+    args.push(spec.kernel.clone().into());
+    args.push("-initrd".into());
+    args.push(spec.initrd.clone().into());
+    args
+}
+
+/// A path inside a QEMU `key=value,...` option: commas are doubled.
+fn opt_path(path: &Path) -> String {
+    path.display().to_string().replace(',', ",,")
+}
+
+fn validate_spec(spec: &VmSpec) -> Result<(), Error> {
+    if spec.vcpus == 0 || spec.vcpus > MAX_VCPUS {
+        return Err(Error::InvalidSpec(format!(
+            "vcpus {} not in 1..={MAX_VCPUS}",
+            spec.vcpus
+        )));
+    }
+    if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&spec.memory_mib) {
+        return Err(Error::InvalidSpec(format!(
+            "memory {} MiB not in {MIN_MEMORY_MIB}..={MAX_MEMORY_MIB}",
+            spec.memory_mib
+        )));
+    }
+    // Each word stays one word: no whitespace or control characters.
+    if let Some(bad) = spec
+        .kernel_args
+        .iter()
+        .find(|a| a.is_empty() || a.chars().any(|c| c.is_whitespace() || c.is_control()))
+    {
+        return Err(Error::InvalidSpec(format!("kernel argument {bad:?}")));
+    }
+    // Paths QEMU reads must be valid UTF-8 to survive its option parser.
+    let dir = &spec.sandbox;
+    if dir.path().to_str().is_none() {
+        return Err(Error::InvalidSpec(format!(
+            "sandbox path {} is not UTF-8",
+            dir.path().display()
+        )));
+    }
+    Ok(())
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|p| is_executable(p))
+    })
+}
+
+/// The last `max` bytes of a file, lossily decoded (for error messages).
+fn read_tail(path: &Path, max: usize) -> String {
+    let data = std::fs::read(path).unwrap_or_default();
+    let start = data.len().saturating_sub(max);
+    String::from_utf8_lossy(data.get(start..).unwrap_or_default())
+        .trim()
+        .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox_dir::SandboxDir;
+
+    fn spec(root: &Path) -> VmSpec {
+        VmSpec {
+            vcpus: 1,
+            memory_mib: 256,
+            kernel: root.join("vmlinux"),
+            initrd: root.join("initrd"),
+            kernel_args: vec![],
+            sandbox: SandboxDir::new(root, "vm").unwrap(),
+        }
+    }
+
+    fn strings(args: &[OsString]) -> Vec<String> {
+        args.iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    fn value_after<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
+        args.windows(2)
+            .filter(|w| w.first().map(String::as_str) == Some(flag))
+            .filter_map(|w| w.get(1).map(String::as_str))
+            .collect()
+    }
+
+    #[test]
+    fn tcg_command_line_has_microvm_shared_memory_and_both_devices() {
+        let mut s = spec(Path::new("/run/husk"));
+        s.kernel_args = vec!["husk.debug=1".into()];
+        let args = strings(&command_line(&s, Accel::Tcg));
+        assert_eq!(
+            value_after(&args, "-M"),
+            ["microvm,acpi=off,memory-backend=mem"]
+        );
+        assert_eq!(value_after(&args, "-accel"), ["tcg"]);
+        assert_eq!(value_after(&args, "-cpu"), ["max"]);
+        assert_eq!(
+            value_after(&args, "-object"),
+            ["memory-backend-memfd,id=mem,size=256M,share=on"]
+        );
+        assert_eq!(
+            value_after(&args, "-device"),
+            [
+                "vhost-user-vsock-device,chardev=vsock",
+                "vhost-user-fs-device,chardev=fs,tag=husk"
+            ]
+        );
+        assert_eq!(
+            value_after(&args, "-chardev"),
+            [
+                "file,id=console,path=/run/husk/vm/console.log",
+                "socket,id=vsock,path=/run/husk/vm/vhost-vsock.sock",
+                "socket,id=fs,path=/run/husk/vm/vhost-fs.sock",
+            ]
+        );
+        assert_eq!(
+            value_after(&args, "-append"),
+            ["console=ttyS0 reboot=t panic=-1 quiet husk.debug=1"]
+        );
+        assert!(args.iter().any(|a| a == "-no-reboot"));
+    }
+
+    #[test]
+    fn kvm_command_line_uses_kvm() {
+        let args = strings(&command_line(&spec(Path::new("/r")), Accel::Kvm));
+        assert_eq!(value_after(&args, "-accel"), ["kvm"]);
+        assert_eq!(value_after(&args, "-cpu"), ["host"]);
+    }
+
+    #[test]
+    fn commas_in_paths_are_escaped_for_qemu_options() {
+        let args = strings(&command_line(&spec(Path::new("/a,b")), Accel::Tcg));
+        assert!(
+            value_after(&args, "-chardev").contains(&"socket,id=fs,path=/a,,b/vm/vhost-fs.sock")
+        );
+    }
+
+    #[test]
+    fn out_of_range_specs_are_refused() {
+        let root = Path::new("/r");
+        let mut bad = Vec::new();
+        let mut s = spec(root);
+        s.vcpus = 0;
+        bad.push(s);
+        let mut s = spec(root);
+        s.vcpus = MAX_VCPUS + 1;
+        bad.push(s);
+        let mut s = spec(root);
+        s.memory_mib = MIN_MEMORY_MIB - 1;
+        bad.push(s);
+        let mut s = spec(root);
+        s.memory_mib = MAX_MEMORY_MIB + 1;
+        bad.push(s);
+        for arg in ["", "a b", "a\nb", "x\0"] {
+            let mut s = spec(root);
+            s.kernel_args = vec![arg.into()];
+            bad.push(s);
+        }
+        for s in bad {
+            assert!(
+                matches!(validate_spec(&s), Err(Error::InvalidSpec(_))),
+                "{s:?} accepted"
+            );
+        }
+        assert!(validate_spec(&spec(root)).is_ok());
+    }
+
+    #[test]
+    fn missing_program_kernel_initrd_or_sandbox_fail_before_anything_starts() {
+        let root = tempfile::tempdir().unwrap();
+        let s = spec(root.path());
+        let mut qemu = Qemu::with_program(root.path().join("no-qemu"), Accel::Tcg);
+        assert!(matches!(qemu.start(&s), Err(Error::MissingProgram(_))));
+
+        let mut qemu = Qemu::with_program("/bin/true".into(), Accel::Tcg);
+        assert!(matches!(
+            qemu.start(&s),
+            Err(Error::MissingFile { what: "kernel", .. })
+        ));
+        std::fs::write(&s.kernel, b"").unwrap();
+        assert!(matches!(
+            qemu.start(&s),
+            Err(Error::MissingFile { what: "initrd", .. })
+        ));
+        std::fs::write(&s.initrd, b"").unwrap();
+        assert!(matches!(qemu.start(&s), Err(Error::MissingSandbox(_))));
+        // Nothing was served: no sockets appeared.
+        assert!(!s.sandbox.path().exists());
+        assert_eq!(qemu.pid(), None);
+    }
+
+    #[test]
+    fn a_qemu_that_exits_at_once_is_reported_with_its_stderr_and_backends_stop() {
+        let root = tempfile::tempdir().unwrap();
+        let s = spec(root.path());
+        s.sandbox.create().unwrap();
+        std::fs::write(&s.kernel, b"").unwrap();
+        std::fs::write(&s.initrd, b"").unwrap();
+        let fake = root.path().join("fake-qemu");
+        std::fs::write(&fake, "#!/bin/sh\necho 'no such device' >&2\nexit 3\n").unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let mut qemu = Qemu::with_program(fake, Accel::Tcg);
+        match qemu.start(&s) {
+            Err(Error::EarlyExit { status, stderr }) => {
+                assert_eq!(status.code(), Some(3));
+                assert_eq!(stderr, "no such device");
+            }
+            other => panic!("expected EarlyExit, got {other:?}"),
+        }
+        // The backends were dropped with their sockets.
+        assert!(!s.sandbox.vhost_vsock_socket().exists());
+        assert!(!s.sandbox.vhost_fs_socket().exists());
+        assert!(!s.sandbox.vsock_socket().exists());
+    }
+
+    #[test]
+    fn stop_kills_a_vm_that_does_not_end_and_reaps_it() {
+        let root = tempfile::tempdir().unwrap();
+        let s = spec(root.path());
+        s.sandbox.create().unwrap();
+        std::fs::write(&s.kernel, b"").unwrap();
+        std::fs::write(&s.initrd, b"").unwrap();
+        let fake = root.path().join("fake-qemu");
+        std::fs::write(&fake, "#!/bin/sh\nexec sleep 60\n").unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let mut qemu = Qemu::with_program(fake, Accel::Tcg);
+        qemu.start(&s).unwrap();
+        let pid = qemu.pid().unwrap();
+        assert!(s.sandbox.vsock_socket().exists());
+        assert_eq!(qemu.wait(Duration::from_millis(50)).unwrap(), None);
+        qemu.stop(Duration::from_millis(50)).unwrap();
+        assert_eq!(qemu.pid(), None);
+        // Reaped: the pid no longer names our child.
+        assert!(!Path::new(&format!("/proc/{pid}")).exists() || !is_child_of_us(pid));
+        assert!(!s.sandbox.vsock_socket().exists());
+        assert!(!s.sandbox.vhost_vsock_socket().exists());
+        assert!(!s.sandbox.vhost_fs_socket().exists());
+    }
+
+    fn is_child_of_us(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit(')')
+                    .next()
+                    .and_then(|rest| rest.split_whitespace().nth(1).map(str::to_owned))
+            })
+            .is_some_and(|ppid| ppid == std::process::id().to_string())
+    }
+}

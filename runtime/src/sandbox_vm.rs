@@ -1,0 +1,132 @@
+//! One sandbox's VM from boot to teardown: the sandbox directory, the
+//! hypervisor running the VM, and the agent connection.
+//!
+//! [`SandboxVm::boot`] creates the directory, starts the VM and connects to
+//! the agent; [`SandboxVm::shutdown`] asks the agent to destroy the sandbox
+//! (the guest then powers off), waits for the VM to end (killing it after a
+//! grace period), stops the device backends and removes the directory.
+
+use std::time::Duration;
+
+use husk_protocol::agent::DestroySandboxRequest;
+use husk_protocol::agent_ttrpc::AgentServiceClient;
+use husk_protocol::ttrpc::context;
+use husk_protocol::AGENT_VSOCK_PORT;
+
+use crate::agent_client;
+use crate::hypervisor::{self, Hypervisor, VmSpec};
+use crate::sandbox_dir::{self, SandboxDir};
+
+/// How long `shutdown` gives the agent to answer `DestroySandbox`.
+const DESTROY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Errors booting or shutting down a sandbox VM.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The sandbox directory.
+    #[error(transparent)]
+    Dir(#[from] sandbox_dir::Error),
+    /// The hypervisor.
+    #[error(transparent)]
+    Hypervisor(#[from] hypervisor::Error),
+    /// Connecting to the agent.
+    #[error(transparent)]
+    Agent(#[from] agent_client::Error),
+    /// A blocking hypervisor call could not be run.
+    #[error("hypervisor task failed: {0}")]
+    Task(String),
+}
+
+/// A running sandbox VM with a connected agent.
+pub struct SandboxVm {
+    dir: SandboxDir,
+    hypervisor: Box<dyn Hypervisor>,
+    agent: AgentServiceClient,
+}
+
+impl SandboxVm {
+    /// Creates `spec.sandbox`, boots the VM and connects to its agent,
+    /// waiting up to `agent_timeout` for it. On failure the VM is stopped and
+    /// the directory removed.
+    pub async fn boot(
+        mut hypervisor: Box<dyn Hypervisor>,
+        spec: VmSpec,
+        agent_timeout: Duration,
+    ) -> Result<Self, Error> {
+        spec.sandbox.create()?;
+        let dir = spec.sandbox.clone();
+        let started = {
+            let (hv, result) = blocking(move || {
+                let r = hypervisor.start(&spec);
+                (hypervisor, r)
+            })
+            .await?;
+            hypervisor = hv;
+            result
+        };
+        if let Err(e) = started {
+            let _ = dir.remove();
+            return Err(e.into());
+        }
+        match agent_client::connect(&dir.vsock_socket(), AGENT_VSOCK_PORT, agent_timeout).await {
+            Ok(agent) => Ok(Self {
+                dir,
+                hypervisor,
+                agent,
+            }),
+            Err(e) => {
+                let _ = teardown(hypervisor, dir, Duration::ZERO).await;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// The agent's client.
+    pub fn agent(&self) -> &AgentServiceClient {
+        &self.agent
+    }
+
+    /// The sandbox directory.
+    pub fn dir(&self) -> &SandboxDir {
+        &self.dir
+    }
+
+    /// The host process running the VM, if any.
+    pub fn pid(&self) -> Option<u32> {
+        self.hypervisor.pid()
+    }
+
+    /// Destroys the sandbox in the guest, waits up to `grace` for the VM to
+    /// end (then kills it), stops the backends and removes the directory.
+    /// An agent that does not answer only costs the grace period.
+    pub async fn shutdown(self, grace: Duration) -> Result<(), Error> {
+        let ctx = context::with_timeout(DESTROY_TIMEOUT.as_nanos().try_into().unwrap_or(i64::MAX));
+        if let Err(e) = self
+            .agent
+            .destroy_sandbox(ctx, &DestroySandboxRequest::default())
+            .await
+        {
+            tracing::warn!(sandbox = %self.dir.path().display(), "DestroySandbox failed: {e}");
+        }
+        drop(self.agent);
+        teardown(self.hypervisor, self.dir, grace).await
+    }
+}
+
+async fn teardown(
+    mut hypervisor: Box<dyn Hypervisor>,
+    dir: SandboxDir,
+    grace: Duration,
+) -> Result<(), Error> {
+    let stopped = blocking(move || hypervisor.stop(grace)).await?;
+    let removed = dir.remove();
+    stopped?;
+    Ok(removed?)
+}
+
+/// Runs a blocking hypervisor call off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Task(e.to_string()))
+}
