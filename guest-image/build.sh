@@ -6,7 +6,7 @@
 #   guest-image/build.sh [--debug] [--compress gzip|none] AGENT_BINARY OUTPUT
 #
 #   --debug           also add busybox (Debian busybox-static) as /bin/*
-#   --compress KIND   gzip (default) or none
+#   --compress KIND   none (default: fastest boot under TCG) or gzip
 #
 # The same inputs always give a byte-identical OUTPUT: entries are sorted,
 # every mtime is $SOURCE_DATE_EPOCH (default 0), owners are 0:0, inode and
@@ -26,7 +26,7 @@ usage() {
     exit 2
 }
 
-debug=0 compress=gzip
+debug=0 compress=none
 while [[ $# -gt 0 ]]; do
     case $1 in
     --debug) debug=1; shift ;;
@@ -42,7 +42,7 @@ while [[ $# -gt 0 ]]; do
 done
 [[ $# -eq 2 ]] || usage
 agent=$1 output=$2
-[[ $compress == gzip || $compress == none ]] || die "--compress must be gzip or none"
+[[ $compress == gzip || $compress == none ]] || die "--compress must be none or gzip"
 epoch=${SOURCE_DATE_EPOCH:-0}
 [[ $epoch =~ ^[0-9]+$ ]] || die "SOURCE_DATE_EPOCH must be a number of seconds"
 

@@ -64,6 +64,11 @@ gzip_is_cpio() {
 }
 check "gzip initrd is the plain one compressed" gzip_is_cpio
 
+default_is_plain() {
+    "$IMAGE" "$work/static" "$work/default" && cmp "$work/default" "$work/a.none"
+}
+check "the default initrd is an uncompressed cpio" default_is_plain
+
 rejects_dynamic() {
     ! "$IMAGE" "$work/dynamic" "$work/d" && [[ ! -e $work/d ]]
 }
