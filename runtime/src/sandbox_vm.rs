@@ -14,7 +14,7 @@ use husk_protocol::ttrpc::context;
 use husk_protocol::AGENT_VSOCK_PORT;
 
 use crate::agent_client;
-use crate::hypervisor::{self, Hypervisor, VmSpec};
+use crate::hypervisor::{self, Hypervisor, Stopped, VmSpec};
 use crate::sandbox_dir::{self, SandboxDir};
 
 /// How long `shutdown` gives the agent to answer `DestroySandbox`.
@@ -99,7 +99,7 @@ impl SandboxVm {
     /// Destroys the sandbox in the guest, waits up to `grace` for the VM to
     /// end (then kills it), stops the backends and removes the directory.
     /// An agent that does not answer only costs the grace period.
-    pub async fn shutdown(self, grace: Duration) -> Result<(), Error> {
+    pub async fn shutdown(self, grace: Duration) -> Result<Stopped, Error> {
         let ctx = context::with_timeout(DESTROY_TIMEOUT.as_nanos().try_into().unwrap_or(i64::MAX));
         if let Err(e) = self
             .agent
@@ -117,11 +117,12 @@ async fn teardown(
     mut hypervisor: Box<dyn Hypervisor>,
     dir: SandboxDir,
     grace: Duration,
-) -> Result<(), Error> {
+) -> Result<Stopped, Error> {
     let stopped = blocking(move || hypervisor.stop(grace)).await?;
     let removed = dir.remove();
-    stopped?;
-    Ok(removed?)
+    let stopped = stopped?;
+    removed?;
+    Ok(stopped)
 }
 
 /// Runs a blocking hypervisor call off the async threads.

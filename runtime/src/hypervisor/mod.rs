@@ -89,6 +89,17 @@ pub enum Error {
     Process(std::io::Error),
 }
 
+/// How [`Hypervisor::stop`] ended the VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// No VM was running.
+    NotRunning,
+    /// The VM ended by itself (normally: the guest powered off).
+    Exited(ExitStatus),
+    /// The VM was still running after the grace period and was killed.
+    Killed,
+}
+
 /// A VM backend. One value runs at most one VM at a time.
 pub trait Hypervisor: Send {
     /// Checks `spec`, then starts its VM. Returns once the VM is launched
@@ -103,7 +114,7 @@ pub trait Hypervisor: Send {
     /// agent powered the guest off), kills it otherwise, then stops the
     /// device backends and removes their sockets. The sandbox directory is
     /// left to its owner. Does nothing if no VM runs.
-    fn stop(&mut self, grace: Duration) -> Result<(), Error>;
+    fn stop(&mut self, grace: Duration) -> Result<Stopped, Error>;
 
     /// The host process running the VM, if the backend has one.
     fn pid(&self) -> Option<u32>;

@@ -17,7 +17,7 @@ use husk_vmm::devices::vsock::serve_vsock;
 use husk_vmm::machine::HostCheck;
 use husk_vmm::vhost_user::ServeHandle;
 
-use super::{Error, Hypervisor, VmSpec, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB};
+use super::{Error, Hypervisor, Stopped, VmSpec, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB};
 
 /// The guest's vsock CID.
 pub const GUEST_CID: u64 = 3;
@@ -196,23 +196,26 @@ impl Hypervisor for Qemu {
         }
     }
 
-    fn stop(&mut self, grace: Duration) -> Result<(), Error> {
-        if self.wait(grace)?.is_none() {
-            if let Some(vm) = self.vm.as_mut() {
-                tracing::warn!(
-                    pid = vm.child.id(),
-                    "VM did not end by itself; killing QEMU"
-                );
-                // The child is ours and not yet reaped, so its pid is still ours.
-                vm.child.kill().map_err(Error::Process)?;
-                vm.status = Some(vm.child.wait().map_err(Error::Process)?);
-            }
+    fn stop(&mut self, grace: Duration) -> Result<Stopped, Error> {
+        let mut outcome = match self.wait(grace)? {
+            Some(status) => Stopped::Exited(status),
+            None => Stopped::NotRunning,
+        };
+        if let (Stopped::NotRunning, Some(vm)) = (outcome, self.vm.as_mut()) {
+            tracing::warn!(
+                pid = vm.child.id(),
+                "VM did not end by itself; killing QEMU"
+            );
+            // The child is ours and not yet reaped, so its pid is still ours.
+            vm.child.kill().map_err(Error::Process)?;
+            vm.status = Some(vm.child.wait().map_err(Error::Process)?);
+            outcome = Stopped::Killed;
         }
         if let Some(mut vm) = self.vm.take() {
             vm.vsock.stop();
             vm.fs.stop();
         }
-        Ok(())
+        Ok(outcome)
     }
 
     fn pid(&self) -> Option<u32> {
@@ -524,6 +527,27 @@ mod tests {
     }
 
     #[test]
+    fn stop_reports_a_vm_that_ended_by_itself() {
+        let root = tempfile::tempdir().unwrap();
+        let s = spec(root.path());
+        s.sandbox.create().unwrap();
+        std::fs::write(&s.kernel, b"").unwrap();
+        std::fs::write(&s.initrd, b"").unwrap();
+        let fake = root.path().join("fake-qemu");
+        // Outlives the start-up watch, then ends like a powered-off guest.
+        std::fs::write(&fake, "#!/bin/sh\nsleep 0.4\n").unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let mut qemu = Qemu::with_program(fake, Accel::Tcg);
+        qemu.start(&s).unwrap();
+        match qemu.stop(Duration::from_secs(10)).unwrap() {
+            Stopped::Exited(status) => assert!(status.success()),
+            other => panic!("expected Exited, got {other:?}"),
+        }
+        assert!(!s.sandbox.vsock_socket().exists());
+    }
+
+    #[test]
     fn stop_kills_a_vm_that_does_not_end_and_reaps_it() {
         let root = tempfile::tempdir().unwrap();
         let s = spec(root.path());
@@ -539,10 +563,14 @@ mod tests {
         let pid = qemu.pid().unwrap();
         assert!(s.sandbox.vsock_socket().exists());
         assert_eq!(qemu.wait(Duration::from_millis(50)).unwrap(), None);
-        qemu.stop(Duration::from_millis(50)).unwrap();
+        assert_eq!(
+            qemu.stop(Duration::from_millis(50)).unwrap(),
+            Stopped::Killed
+        );
         assert_eq!(qemu.pid(), None);
-        // Reaped: the pid no longer names our child.
-        assert!(!Path::new(&format!("/proc/{pid}")).exists() || !is_child_of_us(pid));
+        // Killed and reaped: no process (not even a zombie) is our child any more.
+        assert!(!is_child_of_us(pid));
+        assert_eq!(qemu.stop(Duration::ZERO).unwrap(), Stopped::NotRunning);
         assert!(!s.sandbox.vsock_socket().exists());
         assert!(!s.sandbox.vhost_vsock_socket().exists());
         assert!(!s.sandbox.vhost_fs_socket().exists());
