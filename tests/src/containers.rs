@@ -137,3 +137,15 @@ pub async fn remove(agent: &AgentServiceClient, id: &str) -> ttrpc::Result<Empty
     };
     agent.remove_container(ctx(), &req).await
 }
+
+/// Sets the container's cgroup memory limit (`memory.max` under cgroup v2).
+pub fn with_memory_limit(mut spec: Spec, bytes: i64) -> Spec {
+    let mut linux = spec.linux().clone().unwrap_or_default();
+    let mut resources = linux.resources().clone().unwrap_or_default();
+    let mut memory = resources.memory().unwrap_or_default();
+    memory.set_limit(Some(bytes));
+    resources.set_memory(Some(memory));
+    linux.set_resources(Some(resources));
+    spec.set_linux(Some(linux));
+    spec
+}

@@ -9,7 +9,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use husk_protocol::agent::{CheckRequest, CreateSandboxRequest, GuestDetailsRequest};
+use husk_protocol::agent::{
+    CheckRequest, CreateSandboxRequest, GetOOMEventRequest, GuestDetailsRequest,
+};
 use husk_runtime::hypervisor::qemu::Qemu;
 use husk_runtime::hypervisor::{Hypervisor, Stopped, VmSpec};
 use husk_runtime::sandbox_dir::SandboxDir;
@@ -147,6 +149,35 @@ async fn qemu_microvm_boots_the_agent_and_runs_containers_over_virtio_fs() {
         .expect("file written by the container");
     assert_eq!(written, "written in the guest\n");
     containers::remove(&agent, "c2").await.expect("remove c2");
+
+    // Third: a cgroup v2 memory limit in the guest OOM-kills the container,
+    // and the agent reports the OOM event for it.
+    let rootfs = container_rootfs(vm.dir(), "c3");
+    // dd allocates its 64 MiB block, more than the 16 MiB limit allows.
+    let spec = containers::with_memory_limit(
+        containers::spec(&["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"]),
+        16 << 20,
+    );
+    containers::create(&agent, "c3", &spec, &rootfs)
+        .await
+        .expect("create c3");
+    let oom = {
+        let agent = agent.clone();
+        tokio::spawn(async move { agent.get_oom_event(ctx(), &GetOOMEventRequest::new()).await })
+    };
+    containers::start(&agent, "c3").await.expect("start c3");
+    assert_eq!(
+        containers::wait(&agent, "c3").await.expect("wait c3"),
+        137,
+        "the OOM killer's SIGKILL gives 128+9"
+    );
+    let event = tokio::time::timeout(Duration::from_secs(30), oom)
+        .await
+        .expect("no OOM event within 30 s")
+        .expect("OOM task")
+        .expect("GetOOMEvent");
+    assert_eq!(event.container_id, "c3");
+    containers::remove(&agent, "c3").await.expect("remove c3");
 
     eprintln!(
         "qemu-e2e: QEMU launch to first Check reply {} ms; to first container output byte {} ms \
