@@ -29,9 +29,14 @@ pub enum Error {
     /// The hypervisor.
     #[error(transparent)]
     Hypervisor(#[from] hypervisor::Error),
-    /// Connecting to the agent.
-    #[error(transparent)]
-    Agent(#[from] agent_client::Error),
+    /// The agent could not be reached.
+    #[error("{source}; the guest console ends with:\n{console}")]
+    Agent {
+        /// Why connecting failed.
+        source: agent_client::Error,
+        /// The end of the guest's console, where a failed boot says why.
+        console: String,
+    },
     /// A blocking hypervisor call could not be run.
     #[error("hypervisor task failed: {0}")]
     Task(String),
@@ -74,9 +79,10 @@ impl SandboxVm {
                 hypervisor,
                 agent,
             }),
-            Err(e) => {
+            Err(source) => {
+                let console = console_tail(&dir);
                 let _ = teardown(hypervisor, dir, Duration::ZERO).await;
-                Err(e.into())
+                Err(Error::Agent { source, console })
             }
         }
     }
@@ -125,9 +131,66 @@ async fn teardown(
     Ok(stopped)
 }
 
+/// The last lines of the guest console (bounded), for error messages.
+fn console_tail(dir: &SandboxDir) -> String {
+    const MAX: usize = 4096;
+    let data = std::fs::read(dir.console_log()).unwrap_or_default();
+    let start = data.len().saturating_sub(MAX);
+    String::from_utf8_lossy(data.get(start..).unwrap_or_default())
+        .trim()
+        .to_owned()
+}
+
 /// Runs a blocking hypervisor call off the async threads.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Error> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::Task(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+    use crate::hypervisor::qemu::{Accel, Qemu};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_guest_without_agent_fails_boot_and_leaves_nothing_behind() {
+        let root = tempfile::tempdir().unwrap();
+        let kernel = root.path().join("vmlinux");
+        let initrd = root.path().join("initrd");
+        std::fs::write(&kernel, b"").unwrap();
+        std::fs::write(&initrd, b"").unwrap();
+        // A "VM" that stays up, writes to its console and never serves the agent.
+        let fake = root.path().join("fake-qemu");
+        std::fs::write(
+            &fake,
+            "#!/bin/sh\nfor a; do case $a in file,id=console,path=*) echo 'Kernel panic' >\"${a#*path=}\";; esac; done\nexec sleep 60\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = SandboxDir::new(root.path(), "noagent").unwrap();
+        let spec = VmSpec {
+            vcpus: 1,
+            memory_mib: 128,
+            kernel,
+            initrd,
+            kernel_args: vec![],
+            sandbox: dir.clone(),
+        };
+        let hv = Box::new(Qemu::with_program(fake, Accel::Tcg));
+        let err = match SandboxVm::boot(hv, spec, Duration::from_millis(300)).await {
+            Err(e) => e,
+            Ok(_) => panic!("booted without an agent"),
+        };
+        match &err {
+            Error::Agent { source, console } => {
+                assert!(matches!(source, agent_client::Error::Timeout { .. }));
+                assert_eq!(console, "Kernel panic");
+            }
+            other => panic!("expected an agent error, got {other}"),
+        }
+        assert!(!dir.path().exists(), "sandbox dir left behind");
+    }
 }
