@@ -37,6 +37,12 @@ pub enum Error {
         /// The end of the guest's console, where a failed boot says why.
         console: String,
     },
+    /// The VM ended before its agent answered.
+    #[error("the VM ended during boot; the guest console ends with:\n{console}")]
+    VmEnded {
+        /// The end of the guest's console.
+        console: String,
+    },
     /// A blocking hypervisor call could not be run.
     #[error("hypervisor task failed: {0}")]
     Task(String),
@@ -73,13 +79,24 @@ impl SandboxVm {
             let _ = dir.remove();
             return Err(e.into());
         }
-        match agent_client::connect(&dir.vsock_socket(), AGENT_VSOCK_PORT, agent_timeout).await {
-            Ok(agent) => Ok(Self {
+        let socket = dir.vsock_socket();
+        let connect = agent_client::connect(&socket, AGENT_VSOCK_PORT, agent_timeout);
+        let connected = tokio::select! {
+            r = connect => Some(r),
+            () = vm_ended(hypervisor.pid()) => None,
+        };
+        match connected {
+            Some(Ok(agent)) => Ok(Self {
                 dir,
                 hypervisor,
                 agent,
             }),
-            Err(source) => {
+            None => {
+                let console = console_tail(&dir);
+                let _ = teardown(hypervisor, dir, Duration::ZERO).await;
+                Err(Error::VmEnded { console })
+            }
+            Some(Err(source)) => {
                 let console = console_tail(&dir);
                 let _ = teardown(hypervisor, dir, Duration::ZERO).await;
                 Err(Error::Agent { source, console })
@@ -131,6 +148,32 @@ async fn teardown(
     Ok(stopped)
 }
 
+/// Resolves once the VM's host process has ended (it stays a zombie until
+/// the hypervisor reaps it); never, for a backend without a process.
+async fn vm_ended(pid: Option<u32>) {
+    let Some(pid) = pid else {
+        return std::future::pending().await;
+    };
+    loop {
+        if process_ended(pid) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether `pid` is gone or a zombie, from `/proc/<pid>/stat`.
+fn process_ended(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    // The state follows the command name, which is in parentheses and may
+    // itself contain ") ".
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .map_or(true, |state| state == "Z" || state == "X")
+}
+
 /// The last lines of the guest console (bounded), for error messages.
 fn console_tail(dir: &SandboxDir) -> String {
     const MAX: usize = 4096;
@@ -152,8 +195,61 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 mod tests {
     use std::os::unix::fs::PermissionsExt;
 
+    use std::path::Path;
+
     use super::*;
     use crate::hypervisor::qemu::{Accel, Qemu};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_vm_that_dies_during_boot_fails_boot_without_waiting_for_the_agent_timeout() {
+        let root = tempfile::tempdir().unwrap();
+        let kernel = root.path().join("vmlinux");
+        let initrd = root.path().join("initrd");
+        std::fs::write(&kernel, b"").unwrap();
+        std::fs::write(&initrd, b"").unwrap();
+        // Outlives the start-up watch, then dies like a guest that crashed.
+        let fake = root.path().join("fake-qemu");
+        std::fs::write(&fake, "#!/bin/sh\nsleep 0.4\nexit 1\n").unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = SandboxDir::new(root.path(), "dies").unwrap();
+        let spec = VmSpec {
+            vcpus: 1,
+            memory_mib: 128,
+            kernel,
+            initrd,
+            kernel_args: vec![],
+            sandbox: dir.clone(),
+        };
+        let hv = Box::new(Qemu::with_program(fake, Accel::Tcg));
+        // An agent timeout far longer than the test may take.
+        let boot = SandboxVm::boot(hv, spec, Duration::from_secs(600));
+        match tokio::time::timeout(Duration::from_secs(60), boot).await {
+            Ok(Err(Error::VmEnded { .. })) => {}
+            Ok(Err(other)) => panic!("expected VmEnded, got {other}"),
+            Ok(Ok(_)) => panic!("booted without a VM"),
+            Err(_) => panic!("boot waited for the agent although the VM had ended"),
+        }
+        assert!(!dir.path().exists(), "sandbox dir left behind");
+    }
+
+    #[test]
+    fn running_processes_are_not_ended_zombies_and_missing_ones_are() {
+        assert!(!process_ended(std::process::id()));
+        assert!(process_ended(u32::MAX));
+        // An exited child that nobody reaped yet is a zombie: ended.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !process_ended(pid) {
+            assert!(std::time::Instant::now() < deadline, "zombie not seen");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(
+            Path::new(&format!("/proc/{pid}")).exists(),
+            "must be a zombie, not gone"
+        );
+        child.wait().unwrap();
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_guest_without_agent_fails_boot_and_leaves_nothing_behind() {
