@@ -30,8 +30,12 @@ pub fn kernel() -> Result<PathBuf, String> {
     if let Some(path) = std::env::var_os("HUSK_KERNEL") {
         return Ok(path.into());
     }
-    let script = workspace_root().join("guest-kernel/build.sh");
-    let out = Command::new(&script)
+    kernel_from(&workspace_root().join("guest-kernel/build.sh"))
+}
+
+/// [`kernel`] with a given build script.
+fn kernel_from(script: &Path) -> Result<PathBuf, String> {
+    let out = Command::new(script)
         .arg("--print-path")
         .output()
         .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
@@ -99,4 +103,36 @@ fn last_line(stdout: &[u8]) -> Option<PathBuf> {
         .map(str::trim)
         .find(|l| !l.is_empty())
         .map(|l| PathBuf::from(l.split_whitespace().next().unwrap_or(l)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn script(dir: &Path, body: &str) -> PathBuf {
+        let path = dir.join("build.sh");
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_missing_kernel_names_the_command_that_builds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = script(dir.path(), "echo 'no cached kernel' >&2; exit 1");
+        let err = kernel_from(&fake).unwrap_err();
+        assert!(err.contains("run `guest-kernel/build.sh`"), "{err}");
+        assert!(err.contains("no cached kernel"), "{err}");
+    }
+
+    #[test]
+    fn the_kernel_path_is_the_last_line_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = script(dir.path(), "echo building; echo /cache/vmlinux; echo");
+        assert_eq!(kernel_from(&fake).unwrap(), Path::new("/cache/vmlinux"));
+        let silent = script(dir.path(), "true");
+        assert!(kernel_from(&silent).is_err());
+    }
 }
