@@ -94,6 +94,7 @@ impl Engine {
             .as_init(bundle)
             .with_systemd(false)
             .with_detach(true)
+            .with_no_pivot(crate::init::is_init())
             .build()?;
         let pid = container
             .pid()

@@ -127,7 +127,10 @@ fn enable_controllers(root: &Path) -> Result<()> {
 pub fn power_off() -> ! {
     nix::unistd::sync();
     if is_init() {
-        let err = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+        // The microVM has no ACPI, so RB_POWER_OFF would only halt the vCPUs.
+        // A restart (reboot=t on the kernel command line) ends the VM instead:
+        // QEMU -no-reboot exits on it, the builtin VMM sees the triple fault.
+        let err = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
         tracing::error!(?err, "power off failed");
     }
     std::process::exit(0)

@@ -36,6 +36,35 @@ impl Service {
     }
 }
 
+/// Which output stream of a process a read is for.
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Service {
+    async fn read_stream(
+        &self,
+        method: &str,
+        req: ReadStreamRequest,
+        stream: Stream,
+    ) -> TtrpcResult<ReadStreamResponse> {
+        let result = async {
+            let process = self.sandbox.process(&req.container_id, &req.exec_id)?;
+            let max = read_len(req.len);
+            match stream {
+                Stream::Stdout => process.read_stdout(max).await,
+                Stream::Stderr => process.read_stderr(max).await,
+            }
+        }
+        .await;
+        Ok(ReadStreamResponse {
+            data: reply(method, result)?,
+            ..Default::default()
+        })
+    }
+}
+
 fn timeout(secs: u32) -> Option<Duration> {
     (secs > 0).then(|| Duration::from_secs(secs.into()))
 }
@@ -250,16 +279,7 @@ impl AgentService for Service {
         _ctx: &TtrpcContext,
         req: ReadStreamRequest,
     ) -> TtrpcResult<ReadStreamResponse> {
-        let result = async {
-            let process = self.sandbox.process(&req.container_id, &req.exec_id)?;
-            process.read_stdout(read_len(req.len)).await
-        }
-        .await;
-        let data = reply("ReadStdout", result)?;
-        Ok(ReadStreamResponse {
-            data,
-            ..Default::default()
-        })
+        self.read_stream("ReadStdout", req, Stream::Stdout).await
     }
 
     async fn read_stderr(
@@ -267,16 +287,7 @@ impl AgentService for Service {
         _ctx: &TtrpcContext,
         req: ReadStreamRequest,
     ) -> TtrpcResult<ReadStreamResponse> {
-        let result = async {
-            let process = self.sandbox.process(&req.container_id, &req.exec_id)?;
-            process.read_stderr(read_len(req.len)).await
-        }
-        .await;
-        let data = reply("ReadStderr", result)?;
-        Ok(ReadStreamResponse {
-            data,
-            ..Default::default()
-        })
+        self.read_stream("ReadStderr", req, Stream::Stderr).await
     }
 
     async fn write_stdin(

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs what building and testing husk needs on a fresh Debian 12 machine.
+# Idempotent: packages already present are not reinstalled, and apt's index
+# is refreshed only when something is missing.
+set -euo pipefail
+
+readonly PACKAGES=(
+    # building: C toolchain for -sys crates, libseccomp for the agent's
+    # seccomp (linked statically into the guest agent), pkg-config
+    build-essential pkg-config libseccomp-dev
+    # tests: busybox root file systems, unshare, payload assembly
+    busybox-static util-linux binutils
+    # peers measured beside husk, and the OCI runtimes' own tooling
+    crun runc
+    # the microVM under TCG (and the builtin VMM's benchmark peer)
+    qemu-system-x86
+    # guest image packing
+    cpio file
+    # benchmarks
+    hyperfine
+)
+
+missing=()
+installed=$(dpkg-query -W -f='${db:Status-Abbrev} ${Package}\n' "${PACKAGES[@]}" 2>/dev/null |
+    awk '$1 == "ii" { print $2 }')
+for pkg in "${PACKAGES[@]}"; do
+    grep -qxF "$pkg" <<<"$installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    echo "install-deps: installing ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >/dev/null
+    apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Rust components the checks use.
+if command -v rustup >/dev/null; then
+    rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+    rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+fi
