@@ -11,8 +11,7 @@ export CARGO_TERM_COLOR ?= never
 ## demo: install what is needed, build everything (guest kernel and image
 ## included) and run a container.
 demo: deps build guest
-	cargo run --quiet -p husk-tests --bin husk-demo -- \
-		--agent target/debug/husk-agent --initrd $(BUILD)/initrd.img
+	cargo run --quiet -p husk-tests --bin husk-demo
 
 ## test: install what is needed, build, and run every test.
 test: deps check build guest
