@@ -21,7 +21,8 @@ readonly PACKAGES=(
 )
 
 missing=()
-installed=$(dpkg-query -W -f='${db:Status-Abbrev} ${Package}\n' "${PACKAGES[@]}" 2>/dev/null |
+# dpkg-query fails when any name is not installed: that is the point here.
+installed=$({ dpkg-query -W -f='${db:Status-Abbrev} ${Package}\n' "${PACKAGES[@]}" 2>/dev/null || true; } |
     awk '$1 == "ii" { print $2 }')
 for pkg in "${PACKAGES[@]}"; do
     grep -qxF "$pkg" <<<"$installed" || missing+=("$pkg")
