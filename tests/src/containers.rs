@@ -5,7 +5,7 @@ use std::time::Duration;
 use husk_protocol::agent::*;
 use husk_protocol::agent_ttrpc::AgentServiceClient;
 use husk_protocol::ttrpc::{self, context};
-use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use oci_spec::runtime::Spec;
 
 /// Where the agent mounts the virtio-fs share in the guest.
 pub const GUEST_SHARED: &str = "/run/husk/shared";
@@ -25,21 +25,11 @@ pub fn shared_storage() -> Storage {
     }
 }
 
-/// The default (runc-like) OCI spec running `args`, with a writable root,
-/// without the cgroup v1 mount (the guest runs cgroup v2) and without a
-/// cgroup namespace (the guest kernel has no `CONFIG_CGROUP_NS`).
+/// The default (runc-like) OCI spec running `args`, with a writable root:
+/// all of its namespaces (cgroup included) and mounts (its `cgroup` mount is
+/// cgroup v2 in the guest).
 pub fn spec(args: &[&str]) -> Spec {
     let mut spec = Spec::default();
-    if let Some(mut linux) = spec.linux().clone() {
-        if let Some(namespaces) = linux.namespaces().clone() {
-            let kept = namespaces
-                .into_iter()
-                .filter(|n| n.typ() != LinuxNamespaceType::Cgroup)
-                .collect();
-            linux.set_namespaces(Some(kept));
-        }
-        spec.set_linux(Some(linux));
-    }
     if let Some(mut process) = spec.process().clone() {
         process.set_args(Some(args.iter().map(|s| s.to_string()).collect()));
         process.set_env(Some(vec!["PATH=/bin".into(), "HOME=/root".into()]));
@@ -48,13 +38,6 @@ pub fn spec(args: &[&str]) -> Spec {
     if let Some(mut root) = spec.root().clone() {
         root.set_readonly(Some(false));
         spec.set_root(Some(root));
-    }
-    if let Some(mounts) = spec.mounts().clone() {
-        let kept = mounts
-            .into_iter()
-            .filter(|m| m.typ().as_deref() != Some("cgroup"))
-            .collect();
-        spec.set_mounts(Some(kept));
     }
     spec
 }
