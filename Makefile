@@ -47,6 +47,7 @@ guest: kernel image
 bench: deps build
 	cargo bench -p husk-agent --bench lifecycle
 	cargo bench -p husk-vmm --bench boot
+	cargo bench -p husk-tests --bench microvm
 
 clean:
 	cargo clean

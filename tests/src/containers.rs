@@ -132,3 +132,44 @@ pub fn with_memory_limit(mut spec: Spec, bytes: i64) -> Spec {
     spec.set_linux(Some(linux));
     spec
 }
+
+/// Sets the container's cgroup pids limit (`pids.max`).
+pub fn with_pids_limit(mut spec: Spec, limit: i64) -> Spec {
+    let mut linux = spec.linux().clone().unwrap_or_default();
+    let mut resources = linux.resources().clone().unwrap_or_default();
+    let mut pids = resources.pids().unwrap_or_default();
+    pids.set_limit(limit);
+    resources.set_pids(Some(pids));
+    linux.set_resources(Some(resources));
+    spec.set_linux(Some(linux));
+    spec
+}
+
+/// Reads the init process's stdout until it contains `needle`; returns all read.
+pub async fn read_stdout_until(
+    agent: &AgentServiceClient,
+    id: &str,
+    needle: &str,
+) -> ttrpc::Result<String> {
+    let mut out = Vec::new();
+    while !String::from_utf8_lossy(&out).contains(needle) {
+        let chunk = read_stdout(agent, id).await?;
+        if chunk.is_empty() {
+            break;
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// The container's cgroup statistics.
+pub async fn stats(
+    agent: &AgentServiceClient,
+    id: &str,
+) -> ttrpc::Result<husk_protocol::agent::StatsContainerResponse> {
+    let req = ContainerRequest {
+        container_id: id.into(),
+        ..Default::default()
+    };
+    agent.stats_container(ctx(), &req).await
+}

@@ -22,7 +22,7 @@ use husk_tests::{guest, rootfs};
 /// Under TCG the guest takes 1-3 s to boot and the agent a little more.
 const AGENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// DestroySandbox must have the guest powered off within this.
-const POWER_OFF_TIMEOUT: Duration = Duration::from_secs(10);
+const POWER_OFF_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn artifacts() -> guest::GuestArtifacts {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("qemu-e2e");
@@ -100,6 +100,7 @@ async fn qemu_microvm_boots_the_agent_and_runs_containers_over_virtio_fs() {
         details.kernel_release
     );
     assert!(details.init, "the agent must be the guest's PID 1");
+    let guest_mem_used = details.mem_total_bytes - details.mem_available_bytes;
 
     // The sandbox mounts the virtio-fs share served by husk's fs backend.
     agent
@@ -179,6 +180,113 @@ async fn qemu_microvm_boots_the_agent_and_runs_containers_over_virtio_fs() {
     assert_eq!(event.container_id, "c3");
     containers::remove(&agent, "c3").await.expect("remove c3");
 
+    // Fourth: a host file appears inside; `..` and symlinks that point out of
+    // the share reach nothing of the host's.
+    let rootfs = container_rootfs(vm.dir(), "c4");
+    let c4 = vm.dir().shared_dir().join("c4");
+    std::fs::write(c4.join("from-host"), "written on the host\n").expect("host file");
+    let secret = root.path().join("outside-secret");
+    std::fs::write(&secret, "HOST-SECRET\n").expect("secret");
+    std::os::unix::fs::symlink("../../../outside-secret", c4.join("link-rel")).expect("symlink");
+    std::os::unix::fs::symlink(&secret, c4.join("link-abs")).expect("symlink");
+    let script = format!(
+        "cat /from-host; cat /../../../../outside-secret /link-rel /link-abs {} 2>/dev/null; \
+         ls /../../.. | grep -c outside-secret; true",
+        secret.display()
+    );
+    let spec = containers::spec(&["sh", "-c", &script]);
+    containers::create(&agent, "c4", &spec, &rootfs)
+        .await
+        .expect("create c4");
+    containers::start(&agent, "c4").await.expect("start c4");
+    let out = containers::read_stdout_to_end(&agent, "c4")
+        .await
+        .expect("read c4");
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(containers::wait(&agent, "c4").await.expect("wait c4"), 0);
+    assert_eq!(
+        out, "written on the host\n0\n",
+        "nothing outside the share is reachable"
+    );
+    containers::remove(&agent, "c4").await.expect("remove c4");
+
+    // Fifth: statistics of a busy container; pause freezes it, resume goes on.
+    let rootfs = container_rootfs(vm.dir(), "c5");
+    let spec = containers::spec(&[
+        "sh",
+        "-c",
+        "i=0; while :; do i=$((i+1)); echo $i > /count.tmp; mv /count.tmp /count; done",
+    ]);
+    containers::create(&agent, "c5", &spec, &rootfs)
+        .await
+        .expect("create c5");
+    containers::start(&agent, "c5").await.expect("start c5");
+    let count_file = vm.dir().shared_dir().join("c5/count");
+    let count = || -> u64 {
+        std::fs::read_to_string(&count_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while count() < 5 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(count() >= 5, "the busy loop does not run");
+    let stats = containers::stats(&agent, "c5").await.expect("stats c5");
+    assert!(stats.memory.usage_bytes > 0, "{stats:?}");
+    assert!(stats.cpu.usage_usec > 0, "{stats:?}");
+    assert!(stats.pids.current >= 1, "{stats:?}");
+    let c5 = husk_protocol::agent::ContainerRequest {
+        container_id: "c5".into(),
+        ..Default::default()
+    };
+    agent.pause_container(ctx(), &c5).await.expect("pause c5");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let frozen = count();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(count(), frozen, "a paused container must not run");
+    agent.resume_container(ctx(), &c5).await.expect("resume c5");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while count() <= frozen && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(count() > frozen, "a resumed container runs again");
+    containers::remove(&agent, "c5").await.expect("remove c5");
+
+    // Sixth: a pids limit stops a fork bomb.
+    let rootfs = container_rootfs(vm.dir(), "c6");
+    let spec = containers::with_pids_limit(
+        containers::spec(&[
+            "sh",
+            "-c",
+            // The bomb runs in a subshell (a shell dies when it cannot
+            // fork); the container's shell then waits without forking.
+            "(i=0; while [ $i -lt 40 ]; do sleep 60 & i=$((i+1)); done) 2>/dev/null; \
+             echo forked; read never",
+        ]),
+        10,
+    );
+    containers::create(&agent, "c6", &spec, &rootfs)
+        .await
+        .expect("create c6");
+    containers::start(&agent, "c6").await.expect("start c6");
+    let out = containers::read_stdout_until(&agent, "c6", "forked")
+        .await
+        .expect("read c6");
+    assert!(out.contains("forked"), "{out}");
+    let stats = containers::stats(&agent, "c6").await.expect("stats c6");
+    assert_eq!(stats.pids.limit, 10, "{stats:?}");
+    assert!(
+        (2..=10).contains(&stats.pids.current),
+        "the limit holds the fork bomb: {stats:?}"
+    );
+    containers::remove(&agent, "c6").await.expect("remove c6");
+
+    eprintln!(
+        "qemu-e2e: guest memory in use after boot {} KiB",
+        guest_mem_used / 1024
+    );
     eprintln!(
         "qemu-e2e: QEMU launch to first Check reply {} ms; to first container output byte {} ms \
          (create+start+first byte {} ms)",
