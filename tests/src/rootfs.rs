@@ -9,7 +9,8 @@ use std::process::Command;
 pub const BUSYBOX: &str = "/bin/busybox";
 
 /// Builds a busybox root file system at `dir` (which must not exist yet):
-/// `/bin/busybox` with one symlink per applet, and the usual mount points.
+/// `/bin/busybox` with one symlink per applet, the usual mount points, and
+/// users root and `user` (1000).
 pub fn busybox(dir: &Path) -> io::Result<()> {
     let busybox = Path::new(BUSYBOX);
     if !busybox.exists() {
@@ -18,7 +19,16 @@ pub fn busybox(dir: &Path) -> io::Result<()> {
             "busybox-static is missing: run scripts/install-deps.sh",
         ));
     }
-    for sub in ["bin", "proc", "sys", "dev", "etc", "tmp", "root"] {
+    for sub in [
+        "bin",
+        "proc",
+        "sys",
+        "dev",
+        "etc",
+        "tmp",
+        "root",
+        "home/user",
+    ] {
         std::fs::create_dir_all(dir.join(sub))?;
     }
     std::fs::copy(busybox, dir.join("bin/busybox"))?;
@@ -28,7 +38,10 @@ pub fn busybox(dir: &Path) -> io::Result<()> {
             symlink("busybox", dir.join("bin").join(applet))?;
         }
     }
-    std::fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
-    std::fs::write(dir.join("etc/group"), "root:x:0:\n")?;
+    std::fs::write(
+        dir.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\n",
+    )?;
+    std::fs::write(dir.join("etc/group"), "root:x:0:\nuser:x:1000:\n")?;
     Ok(())
 }

@@ -3,7 +3,6 @@
 
 #![allow(dead_code)]
 
-use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -20,41 +19,9 @@ pub fn busybox_rootfs() -> &'static Path {
     static ROOTFS: OnceLock<PathBuf> = OnceLock::new();
     ROOTFS.get_or_init(|| {
         let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("busybox-rootfs");
-        let busybox = Path::new("/bin/busybox");
-        assert!(
-            busybox.exists(),
-            "busybox-static is missing: run scripts/install-deps.sh"
-        );
         let building = root.with_extension(format!("tmp{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&building);
-        for dir in [
-            "bin",
-            "proc",
-            "sys",
-            "dev",
-            "etc",
-            "tmp",
-            "root",
-            "home/user",
-        ] {
-            std::fs::create_dir_all(building.join(dir)).expect("mkdir rootfs");
-        }
-        std::fs::copy(busybox, building.join("bin/busybox")).expect("copy busybox");
-        let list = Command::new(busybox)
-            .arg("--list")
-            .output()
-            .expect("busybox --list");
-        for applet in String::from_utf8_lossy(&list.stdout).split_whitespace() {
-            if applet != "busybox" {
-                symlink("busybox", building.join("bin").join(applet)).expect("applet link");
-            }
-        }
-        std::fs::write(
-            building.join("etc/passwd"),
-            "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\n",
-        )
-        .expect("passwd");
-        std::fs::write(building.join("etc/group"), "root:x:0:\nuser:x:1000:\n").expect("group");
+        husk_tests::rootfs::busybox(&building).expect("busybox rootfs");
         let _ = std::fs::remove_dir_all(&root);
         // Another test binary may have won the race; theirs is as good.
         if std::fs::rename(&building, &root).is_err() {
