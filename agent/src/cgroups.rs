@@ -113,6 +113,20 @@ pub fn pids(container_id: &str) -> Result<Vec<i32>> {
     Ok(pids.into_iter().map(|p| p.as_raw()).collect())
 }
 
+/// Removes the agent's `/husk` parent cgroup once no container is left in
+/// it (on cgroup v1, in every hierarchy). Busy directories stay.
+pub fn remove_parent() {
+    let Ok(entries) = std::fs::read_dir(CGROUP_ROOT) else {
+        return;
+    };
+    let mut dirs = vec![Path::new(CGROUP_ROOT).join("husk")];
+    dirs.extend(entries.flatten().map(|e| e.path().join("husk")));
+    for dir in dirs {
+        // rmdir removes only an empty cgroup; anything else is left alone.
+        let _ = std::fs::remove_dir(dir);
+    }
+}
+
 /// The container's cgroup v2 directory.
 fn unified_dir(container_id: &str) -> PathBuf {
     Path::new(CGROUP_ROOT).join(format!("husk/{container_id}"))

@@ -339,6 +339,7 @@ impl Sandbox {
                 tracing::warn!(container_id = %id, %err, "removing container");
             }
         }
+        cgroups::remove_parent();
         let storages: Vec<PathBuf> = lock(&self.storages).drain(..).rev().collect();
         for target in storages {
             storage::unmount(&target);
