@@ -64,6 +64,19 @@ fn vcpu_threads() -> usize {
         .count()
 }
 
+/// vCPU threads still alive, waiting briefly: a joined thread can stay
+/// listed in /proc/self/task for a moment after pthread_join returns.
+fn vcpu_threads_settled() -> usize {
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let n = vcpu_threads();
+        if n == 0 || std::time::Instant::now() > deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Boots `kernel` with `config` and waits for the guest to end the VM.
 fn boot(config: VmConfig) -> (ExitReason, Vm) {
     let mut vm = Vm::new(config).expect("VM builds");
@@ -73,7 +86,7 @@ fn boot(config: VmConfig) -> (ExitReason, Vm) {
         vm.stop();
         panic!("guest did not finish within 20 s");
     });
-    assert_eq!(vcpu_threads(), 0, "vCPU threads left behind");
+    assert_eq!(vcpu_threads_settled(), 0, "vCPU threads left behind");
     (reason, vm)
 }
 
@@ -416,7 +429,7 @@ fn pause_parks_vcpus_and_resume_continues() {
     let reason = vm.wait_timeout(Duration::from_secs(20));
     assert_eq!(reason, Some(ExitReason::I8042Reset));
     assert_eq!(console.bytes(), b"01");
-    assert_eq!(vcpu_threads(), 0);
+    assert_eq!(vcpu_threads_settled(), 0);
 }
 
 #[test]
@@ -435,7 +448,7 @@ fn stop_ends_a_running_vm() {
     vm.start().unwrap();
     assert_eq!(vm.wait_timeout(Duration::from_millis(200)), None);
     assert_eq!(vm.stop(), ExitReason::Stopped);
-    assert_eq!(vcpu_threads(), 0);
+    assert_eq!(vcpu_threads_settled(), 0);
     assert!(matches!(vm.start(), Err(Error::AlreadyStarted)));
 }
 
@@ -448,7 +461,7 @@ fn missing_kernel_is_a_clear_error() {
     let err = Vm::new(config(&kernel, &console)).err().unwrap();
     assert!(matches!(err, Error::KernelRead { .. }), "{err}");
     assert!(err.to_string().contains("nope"));
-    assert_eq!(vcpu_threads(), 0);
+    assert_eq!(vcpu_threads_settled(), 0);
 }
 
 #[test]
