@@ -2,9 +2,7 @@
 //! `Frontend`, as QEMU would): memory table from a shared file, two vrings (hiprio and one
 //! request queue), kick and call eventfds, then real FUSE requests on the request queue.
 
-use std::fs::File;
 use std::mem::size_of;
-use std::os::fd::AsRawFd;
 
 use fuse_backend_rs::abi::fuse_abi::{
     CreateIn, EntryOut, InHeader, InitIn, InitOut, Opcode, OpenOut, OutHeader, WriteIn, WriteOut,
@@ -13,34 +11,17 @@ use fuse_backend_rs::api::filesystem::ROOT_ID;
 use husk_vmm::devices::fs::serve_fs;
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
-use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
-use vm_memory::{ByteValued, Bytes, FileOffset, GuestAddress, GuestMemory, GuestMemoryMmap};
+use vhost::VhostBackend;
+use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
-const MEM: usize = 1 << 20;
-const QSIZE: u16 = 16;
+mod frontend;
+use frontend::{ring, setup_vrings, shared_memory, wait_event, QSIZE};
+
 const REQUEST_QUEUE: usize = 1;
 const REQ: u64 = 0x8_0000;
 const REPLY: u64 = 0xa_0000;
 const REPLY_LEN: u32 = 0x1_0000;
-
-/// Ring layout of queue `q` in guest physical memory.
-fn ring(q: usize) -> (u64, u64, u64) {
-    let base = 0x1_0000 * (q as u64 + 1);
-    (base, base + 0x1000, base + 0x2000)
-}
-
-fn wait_event(fd: &EventFd) {
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd for the duration of the call.
-    let n = unsafe { libc::poll(&mut pfd, 1, 5000) };
-    assert_eq!(n, 1, "the backend signalled the queue");
-    fd.read().unwrap();
-}
 
 /// A guest driver for the request queue.
 struct Driver {
@@ -132,43 +113,8 @@ fn frontend_mounts_reads_and_writes_the_share() {
         "hiprio + one request queue"
     );
 
-    let file: File = tempfile::tempfile().unwrap();
-    file.set_len(MEM as u64).unwrap();
-    let mem = GuestMemoryMmap::<()>::from_ranges_with_files(&[(
-        GuestAddress(0),
-        MEM,
-        Some(FileOffset::new(file, 0)),
-    )])
-    .unwrap();
-    let va = mem.get_host_address(GuestAddress(0)).unwrap() as u64;
-    let region =
-        VhostUserMemoryRegionInfo::from_guest_region(mem.find_region(GuestAddress(0)).unwrap())
-            .unwrap();
-    frontend.set_mem_table(&[region]).unwrap();
-
-    let mut kicks = Vec::new();
-    let mut calls = Vec::new();
-    for q in 0..2 {
-        let (desc, avail, used) = ring(q);
-        frontend.set_vring_num(q, QSIZE).unwrap();
-        let config = VringConfigData {
-            queue_max_size: QSIZE,
-            queue_size: QSIZE,
-            flags: 0,
-            desc_table_addr: va + desc,
-            used_ring_addr: va + used,
-            avail_ring_addr: va + avail,
-            log_addr: None,
-        };
-        frontend.set_vring_addr(q, &config).unwrap();
-        frontend.set_vring_base(q, 0).unwrap();
-        let (kick, call) = (EventFd::new(0).unwrap(), EventFd::new(0).unwrap());
-        frontend.set_vring_call(q, &call).unwrap();
-        frontend.set_vring_kick(q, &kick).unwrap();
-        frontend.set_vring_enable(q, true).unwrap();
-        kicks.push(kick);
-        calls.push(call);
-    }
+    let mem = shared_memory(&mut frontend);
+    let (mut kicks, mut calls) = setup_vrings(&mut frontend, &mem, 2);
 
     let mut guest = Driver {
         mem,

@@ -2,29 +2,21 @@
 //! (vhost's `Frontend`, as QEMU would): memory table from a shared file, vring
 //! addresses, kick and call eventfds, then a host-initiated connection.
 
-use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use husk_vmm::devices::vsock::{serve_vsock, HOST_CID, RX_QUEUE, TX_QUEUE};
 use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
-use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
-use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemory, GuestMemoryMmap};
-use vmm_sys_util::eventfd::EventFd;
+use vhost::VhostBackend;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-const MEM: usize = 1 << 20;
-const QSIZE: u16 = 16;
+mod frontend;
+use frontend::{ring, setup_vrings, shared_memory, wait_event};
+
 const HDR: u32 = 44;
 const GUEST_CID: u64 = 3;
-
-/// Ring layout of queue `q` in guest physical memory.
-fn ring(q: usize) -> (u64, u64, u64) {
-    let base = 0x1_0000 * (q as u64 + 1);
-    (base, base + 0x1000, base + 0x2000)
-}
 
 /// Publishes a one-descriptor chain at slot 0 of queue `q`.
 fn publish(mem: &GuestMemoryMmap, q: usize, addr: u64, len: u32, write: bool) {
@@ -52,18 +44,6 @@ fn header(op: u16, src_port: u32, dst_port: u32) -> Vec<u8> {
     b
 }
 
-fn wait_event(fd: &EventFd) {
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd for the duration of the call.
-    let n = unsafe { libc::poll(&mut pfd, 1, 5000) };
-    assert_eq!(n, 1, "the backend signalled the queue");
-    fd.read().unwrap();
-}
-
 #[test]
 fn frontend_connects_and_host_reaches_guest_port() {
     let dir = tempfile::tempdir().unwrap();
@@ -86,43 +66,8 @@ fn frontend_connects_and_host_reaches_guest_port() {
         .unwrap();
     assert_eq!(cid, GUEST_CID.to_le_bytes());
 
-    let file: File = tempfile::tempfile().unwrap();
-    file.set_len(MEM as u64).unwrap();
-    let mem = GuestMemoryMmap::<()>::from_ranges_with_files(&[(
-        GuestAddress(0),
-        MEM,
-        Some(FileOffset::new(file, 0)),
-    )])
-    .unwrap();
-    let va = mem.get_host_address(GuestAddress(0)).unwrap() as u64;
-    let region =
-        VhostUserMemoryRegionInfo::from_guest_region(mem.find_region(GuestAddress(0)).unwrap())
-            .unwrap();
-    frontend.set_mem_table(&[region]).unwrap();
-
-    let mut kicks = Vec::new();
-    let mut calls = Vec::new();
-    for q in 0..3 {
-        let (desc, avail, used) = ring(q);
-        frontend.set_vring_num(q, QSIZE).unwrap();
-        let config = VringConfigData {
-            queue_max_size: QSIZE,
-            queue_size: QSIZE,
-            flags: 0,
-            desc_table_addr: va + desc,
-            used_ring_addr: va + used,
-            avail_ring_addr: va + avail,
-            log_addr: None,
-        };
-        frontend.set_vring_addr(q, &config).unwrap();
-        frontend.set_vring_base(q, 0).unwrap();
-        let (kick, call) = (EventFd::new(0).unwrap(), EventFd::new(0).unwrap());
-        frontend.set_vring_call(q, &call).unwrap();
-        frontend.set_vring_kick(q, &kick).unwrap();
-        frontend.set_vring_enable(q, true).unwrap();
-        kicks.push(kick);
-        calls.push(call);
-    }
+    let mem = shared_memory(&mut frontend);
+    let (kicks, calls) = setup_vrings(&mut frontend, &mem, 3);
 
     // The guest posts an RX buffer; a host program connects to port 1024.
     publish(&mem, RX_QUEUE, 0x8_0000, HDR + 4096, true);
