@@ -200,27 +200,33 @@ mod tests {
     use super::*;
     use crate::hypervisor::qemu::{Accel, Qemu};
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_vm_that_dies_during_boot_fails_boot_without_waiting_for_the_agent_timeout() {
-        let root = tempfile::tempdir().unwrap();
-        let kernel = root.path().join("vmlinux");
-        let initrd = root.path().join("initrd");
+    /// A VM spec with empty kernel and initrd files, and a shell script
+    /// standing in for QEMU.
+    fn fake_vm(root: &Path, name: &str, script: &str) -> (VmSpec, Box<Qemu>) {
+        let kernel = root.join("vmlinux");
+        let initrd = root.join("initrd");
         std::fs::write(&kernel, b"").unwrap();
         std::fs::write(&initrd, b"").unwrap();
-        // Outlives the start-up watch, then dies like a guest that crashed.
-        let fake = root.path().join("fake-qemu");
-        std::fs::write(&fake, "#!/bin/sh\nsleep 0.4\nexit 1\n").unwrap();
+        let fake = root.join("fake-qemu");
+        std::fs::write(&fake, script).unwrap();
         std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let dir = SandboxDir::new(root.path(), "dies").unwrap();
         let spec = VmSpec {
             vcpus: 1,
             memory_mib: 128,
             kernel,
             initrd,
             kernel_args: vec![],
-            sandbox: dir.clone(),
+            sandbox: SandboxDir::new(root, name).unwrap(),
         };
-        let hv = Box::new(Qemu::with_program(fake, Accel::Tcg));
+        (spec, Box::new(Qemu::with_program(fake, Accel::Tcg)))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_vm_that_dies_during_boot_fails_boot_without_waiting_for_the_agent_timeout() {
+        let root = tempfile::tempdir().unwrap();
+        // Outlives the start-up watch, then dies like a guest that crashed.
+        let (spec, hv) = fake_vm(root.path(), "dies", "#!/bin/sh\nsleep 0.4\nexit 1\n");
+        let dir = spec.sandbox.clone();
         // An agent timeout far longer than the test may take.
         let boot = SandboxVm::boot(hv, spec, Duration::from_secs(600));
         match tokio::time::timeout(Duration::from_secs(60), boot).await {
@@ -254,28 +260,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_guest_without_agent_fails_boot_and_leaves_nothing_behind() {
         let root = tempfile::tempdir().unwrap();
-        let kernel = root.path().join("vmlinux");
-        let initrd = root.path().join("initrd");
-        std::fs::write(&kernel, b"").unwrap();
-        std::fs::write(&initrd, b"").unwrap();
         // A "VM" that stays up, writes to its console and never serves the agent.
-        let fake = root.path().join("fake-qemu");
-        std::fs::write(
-            &fake,
-            "#!/bin/sh\nfor a; do case $a in file,id=console,path=*) echo 'Kernel panic' >\"${a#*path=}\";; esac; done\nexec sleep 60\n",
-        )
-        .unwrap();
-        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let dir = SandboxDir::new(root.path(), "noagent").unwrap();
-        let spec = VmSpec {
-            vcpus: 1,
-            memory_mib: 128,
-            kernel,
-            initrd,
-            kernel_args: vec![],
-            sandbox: dir.clone(),
-        };
-        let hv = Box::new(Qemu::with_program(fake, Accel::Tcg));
+        let (spec, hv) = fake_vm(root.path(), "noagent", "#!/bin/sh\nfor a; do case $a in file,id=console,path=*) echo 'Kernel panic' >\"${a#*path=}\";; esac; done\nexec sleep 60\n");
+        let dir = spec.sandbox.clone();
         let err = match SandboxVm::boot(hv, spec, Duration::from_millis(300)).await {
             Err(e) => e,
             Ok(_) => panic!("booted without an agent"),

@@ -501,18 +501,27 @@ mod tests {
         assert_eq!(qemu.pid(), None);
     }
 
-    #[test]
-    fn a_qemu_that_exits_at_once_is_reported_with_its_stderr_and_backends_stop() {
-        let root = tempfile::tempdir().unwrap();
-        let s = spec(root.path());
+    /// A sandbox ready to start, with empty kernel and initrd files and a
+    /// shell script standing in for QEMU.
+    fn fake_qemu(root: &Path, script: &str) -> (VmSpec, Qemu) {
+        let s = spec(root);
         s.sandbox.create().unwrap();
         std::fs::write(&s.kernel, b"").unwrap();
         std::fs::write(&s.initrd, b"").unwrap();
-        let fake = root.path().join("fake-qemu");
-        std::fs::write(&fake, "#!/bin/sh\necho 'no such device' >&2\nexit 3\n").unwrap();
+        let fake = root.join("fake-qemu");
+        std::fs::write(&fake, script).unwrap();
         std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
-        let mut qemu = Qemu::with_program(fake, Accel::Tcg);
+        (s, Qemu::with_program(fake, Accel::Tcg))
+    }
+
+    #[test]
+    fn a_qemu_that_exits_at_once_is_reported_with_its_stderr_and_backends_stop() {
+        let root = tempfile::tempdir().unwrap();
+        let (s, mut qemu) = fake_qemu(
+            root.path(),
+            "#!/bin/sh\necho 'no such device' >&2\nexit 3\n",
+        );
         match qemu.start(&s) {
             Err(Error::EarlyExit { status, stderr }) => {
                 assert_eq!(status.code(), Some(3));
@@ -529,16 +538,8 @@ mod tests {
     #[test]
     fn stop_reports_a_vm_that_ended_by_itself() {
         let root = tempfile::tempdir().unwrap();
-        let s = spec(root.path());
-        s.sandbox.create().unwrap();
-        std::fs::write(&s.kernel, b"").unwrap();
-        std::fs::write(&s.initrd, b"").unwrap();
-        let fake = root.path().join("fake-qemu");
         // Outlives the start-up watch, then ends like a powered-off guest.
-        std::fs::write(&fake, "#!/bin/sh\nsleep 0.4\n").unwrap();
-        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
-        let mut qemu = Qemu::with_program(fake, Accel::Tcg);
+        let (s, mut qemu) = fake_qemu(root.path(), "#!/bin/sh\nsleep 0.4\n");
         qemu.start(&s).unwrap();
         match qemu.stop(Duration::from_secs(10)).unwrap() {
             Stopped::Exited(status) => assert!(status.success()),
@@ -550,15 +551,7 @@ mod tests {
     #[test]
     fn stop_kills_a_vm_that_does_not_end_and_reaps_it() {
         let root = tempfile::tempdir().unwrap();
-        let s = spec(root.path());
-        s.sandbox.create().unwrap();
-        std::fs::write(&s.kernel, b"").unwrap();
-        std::fs::write(&s.initrd, b"").unwrap();
-        let fake = root.path().join("fake-qemu");
-        std::fs::write(&fake, "#!/bin/sh\nexec sleep 60\n").unwrap();
-        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
-        let mut qemu = Qemu::with_program(fake, Accel::Tcg);
+        let (s, mut qemu) = fake_qemu(root.path(), "#!/bin/sh\nexec sleep 60\n");
         qemu.start(&s).unwrap();
         let pid = qemu.pid().unwrap();
         assert!(s.sandbox.vsock_socket().exists());
