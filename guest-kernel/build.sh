@@ -53,8 +53,10 @@ input_hash() {
 # simply absent from its answer).
 missing_packages() {
     local installed pkg
-    installed=$(dpkg-query -W -f='${db:Status-Abbrev} ${Package}\n' \
-        "${BUILD_DEPS[@]}" "$SRC_PKG" 2>/dev/null | awk '$1 == "ii" { print $2 }')
+    # dpkg-query fails when any name is not installed, which is the case
+    # this function exists for: its status must not end the script.
+    installed=$({ dpkg-query -W -f='${db:Status-Abbrev} ${Package}\n' \
+        "${BUILD_DEPS[@]}" "$SRC_PKG" 2>/dev/null || true; } | awk '$1 == "ii" { print $2 }')
     for pkg in "${BUILD_DEPS[@]}" "$SRC_PKG"; do
         grep -qxF "$pkg" <<<"$installed" || printf '%s\n' "$pkg"
     done

@@ -12,6 +12,8 @@ readonly PACKAGES=(
     busybox-static util-linux binutils
     # peers measured beside husk, and the OCI runtimes' own tooling
     crun runc
+    # Docker end-to-end test (tests/tests/docker_e2e.rs runs its own daemons)
+    docker.io containerd
     # the microVM under TCG (and the builtin VMM's benchmark peer)
     qemu-system-x86
     # guest image packing
