@@ -126,9 +126,10 @@ impl SandboxDir {
     }
 }
 
-/// Ids become path components: only a conservative character set, never
-/// `.`/`..`, and short enough for socket paths.
-fn validate_id(id: &str) -> Result<(), Error> {
+/// Checks a sandbox or container id. Ids become path components: only a
+/// conservative character set, never `.`/`..`, and short enough for socket
+/// paths.
+pub fn validate_id(id: &str) -> Result<(), Error> {
     let charset_ok = id
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));

@@ -14,7 +14,7 @@ use husk_protocol::ttrpc::context;
 use husk_protocol::AGENT_VSOCK_PORT;
 
 use crate::agent_client;
-use crate::hypervisor::{self, Hypervisor, Stopped, VmSpec};
+use crate::hypervisor::{self, Hypervisor, Stopped, VmExit, VmSpec};
 use crate::sandbox_dir::{self, SandboxDir};
 
 /// How long `shutdown` gives the agent to answer `DestroySandbox`.
@@ -38,8 +38,10 @@ pub enum Error {
         console: String,
     },
     /// The VM ended before its agent answered.
-    #[error("the VM ended during boot; the guest console ends with:\n{console}")]
+    #[error("the VM ended during boot ({exit}); the guest console ends with:\n{console}")]
     VmEnded {
+        /// How it ended.
+        exit: VmExit,
         /// The end of the guest's console.
         console: String,
     },
@@ -79,24 +81,28 @@ impl SandboxVm {
             let _ = dir.remove();
             return Err(e.into());
         }
+        tracing::info!(stage = "vm-started", "VM started");
         let socket = dir.vsock_socket();
         let connect = agent_client::connect(&socket, AGENT_VSOCK_PORT, agent_timeout);
         let connected = tokio::select! {
-            r = connect => Some(r),
-            () = vm_ended(hypervisor.pid()) => None,
+            r = connect => Ok(r),
+            exit = vm_ended(hypervisor.as_mut()) => Err(exit),
         };
         match connected {
-            Some(Ok(agent)) => Ok(Self {
-                dir,
-                hypervisor,
-                agent,
-            }),
-            None => {
+            Ok(Ok(agent)) => {
+                tracing::info!(stage = "agent-answers", "agent answers");
+                Ok(Self {
+                    dir,
+                    hypervisor,
+                    agent,
+                })
+            }
+            Err(exit) => {
                 let console = console_tail(&dir);
                 let _ = teardown(hypervisor, dir, Duration::ZERO).await;
-                Err(Error::VmEnded { console })
+                Err(Error::VmEnded { exit, console })
             }
-            Some(Err(source)) => {
+            Ok(Err(source)) => {
                 let console = console_tail(&dir);
                 let _ = teardown(hypervisor, dir, Duration::ZERO).await;
                 Err(Error::Agent { source, console })
@@ -148,30 +154,22 @@ async fn teardown(
     Ok(stopped)
 }
 
-/// Resolves once the VM's host process has ended (it stays a zombie until
-/// the hypervisor reaps it); never, for a backend without a process.
-async fn vm_ended(pid: Option<u32>) {
-    let Some(pid) = pid else {
-        return std::future::pending().await;
-    };
+/// Resolves once the VM has ended, with how. Polls the backend (a QEMU
+/// process, or the builtin VMM's vCPU threads in this process) without
+/// blocking; if it cannot be asked, never resolves (the agent timeout then
+/// ends the boot).
+async fn vm_ended(hypervisor: &mut dyn Hypervisor) -> VmExit {
     loop {
-        if process_ended(pid) {
-            return;
+        match hypervisor.wait(Duration::ZERO) {
+            Ok(Some(exit)) => return exit,
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!("cannot watch the VM during boot: {e}");
+                return std::future::pending().await;
+            }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// Whether `pid` is gone or a zombie, from `/proc/<pid>/stat`.
-fn process_ended(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return true;
-    };
-    // The state follows the command name, which is in parentheses and may
-    // itself contain ") ".
-    stat.rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().next())
-        .map_or(true, |state| state == "Z" || state == "X")
 }
 
 /// The last lines of the guest console (bounded), for error messages.
@@ -230,31 +228,14 @@ mod tests {
         // An agent timeout far longer than the test may take.
         let boot = SandboxVm::boot(hv, spec, Duration::from_secs(600));
         match tokio::time::timeout(Duration::from_secs(60), boot).await {
-            Ok(Err(Error::VmEnded { .. })) => {}
+            Ok(Err(Error::VmEnded { exit, .. })) => {
+                assert!(matches!(exit, VmExit::Process(status) if status.code() == Some(1)));
+            }
             Ok(Err(other)) => panic!("expected VmEnded, got {other}"),
             Ok(Ok(_)) => panic!("booted without a VM"),
             Err(_) => panic!("boot waited for the agent although the VM had ended"),
         }
         assert!(!dir.path().exists(), "sandbox dir left behind");
-    }
-
-    #[test]
-    fn running_processes_are_not_ended_zombies_and_missing_ones_are() {
-        assert!(!process_ended(std::process::id()));
-        assert!(process_ended(u32::MAX));
-        // An exited child that nobody reaped yet is a zombie: ended.
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let pid = child.id();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !process_ended(pid) {
-            assert!(std::time::Instant::now() < deadline, "zombie not seen");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        assert!(
-            Path::new(&format!("/proc/{pid}")).exists(),
-            "must be a zombie, not gone"
-        );
-        child.wait().unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

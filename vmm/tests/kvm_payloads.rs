@@ -3,9 +3,9 @@
 //! (64-bit entry or PVH note) or a bzImage, and reports over COM1.
 //!
 //! They need `/dev/kvm` and binutils (`as`, `ld`); without them they say so
-//! and skip.
-
-mod payload;
+//! and skip. The payload builder is `husk_vmm::test_support` (feature
+//! `test-support`, on for husk-vmm's own tests), shared with the runtime's
+//! builtin-backend tests.
 
 use std::fs;
 use std::io::Write;
@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use husk_vmm::machine::{EntryPoint, Error, ExitReason, HostCheck, Vm, VmConfig};
+use husk_vmm::test_support::{self as payload, vcpu_threads_settled, Kernel, Payload};
 use husk_vmm::virtio::{ActivateError, Activation, InterruptKind, VirtioDevice};
-use payload::{Kernel, Payload};
 
 /// KVM tests run one at a time so thread counts are meaningful and the two
 /// cores of the machine are not oversubscribed.
@@ -54,27 +54,6 @@ fn kvm_usable() -> bool {
         eprintln!("skipping: /dev/kvm cannot be opened");
     }
     ok
-}
-
-fn vcpu_threads() -> usize {
-    fs::read_dir("/proc/self/task")
-        .unwrap()
-        .filter_map(|t| fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .filter(|name| name.starts_with("husk-vcpu"))
-        .count()
-}
-
-/// vCPU threads still alive, waiting briefly: a joined thread can stay
-/// listed in /proc/self/task for a moment after pthread_join returns.
-fn vcpu_threads_settled() -> usize {
-    let deadline = std::time::Instant::now() + Duration::from_secs(2);
-    loop {
-        let n = vcpu_threads();
-        if n == 0 || std::time::Instant::now() > deadline {
-            return n;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 /// Boots `kernel` with `config` and waits for the guest to end the VM.

@@ -1,15 +1,29 @@
 //! The hypervisor seam: what the runtime needs from a VM backend.
 //!
-//! One trait, [`Hypervisor`], with one implementation per backend. The QEMU
-//! backend ([`qemu::Qemu`]) runs `qemu-system-x86_64 -M microvm` with husk's
-//! own device backends served to it over vhost-user from threads of the
-//! calling process.
+//! One trait, [`Hypervisor`], with one implementation per backend:
+//!
+//! - [`builtin::Builtin`] runs husk's own VMM (`husk_vmm::machine::Vm`) in
+//!   the calling process, its vsock and virtio-fs devices on virtio-mmio.
+//! - [`qemu::Qemu`] runs `qemu-system-x86_64 -M microvm` with husk's own
+//!   device backends served to it over vhost-user from threads of the
+//!   calling process.
+//!
+//! [`Backend`] is the configured choice (`hypervisor = "auto" | "builtin" |
+//! "qemu"`), [`Backend::resolve`] turns it into a [`ConcreteBackend`] for
+//! this host and [`new_hypervisor`] builds it. What both backends share (the
+//! guest CID, the virtio-fs tag, the kernel command line, the spec checks)
+//! lives here.
 
+pub mod builtin;
 pub mod qemu;
 
-use std::path::PathBuf;
+use std::fmt;
+use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
+use std::str::FromStr;
 use std::time::Duration;
+
+use husk_vmm::machine::{ExitReason, HostCheck};
 
 use crate::sandbox_dir::SandboxDir;
 
@@ -19,6 +33,10 @@ pub const MAX_VCPUS: u8 = 64;
 pub const MIN_MEMORY_MIB: u32 = 64;
 /// Most guest memory a sandbox VM may have (1 TiB).
 pub const MAX_MEMORY_MIB: u32 = 1 << 20;
+/// The guest's vsock CID.
+pub const GUEST_CID: u64 = 3;
+/// The virtio-fs tag the agent mounts.
+pub const FS_TAG: &str = "husk";
 
 /// What to boot, and where its sockets and files live.
 #[derive(Debug, Clone)]
@@ -87,15 +105,46 @@ pub enum Error {
     /// Waiting for or signalling the hypervisor process failed.
     #[error("hypervisor process: {0}")]
     Process(std::io::Error),
+    /// The builtin VMM refused to build or start the VM (unusable kernel,
+    /// too little memory for kernel and initrd, a KVM failure, ...).
+    #[error("builtin VMM: {0}")]
+    Machine(#[source] husk_vmm::machine::Error),
+    /// The guest console log could not be created.
+    #[error("cannot create the console log {path}: {source}")]
+    Console {
+        /// The log's path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// How a VM ended by itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmExit {
+    /// The hypervisor process exited (QEMU: the guest powered off or
+    /// rebooted, or QEMU failed).
+    Process(ExitStatus),
+    /// The in-process VM ended (builtin VMM), for this reason.
+    Guest(ExitReason),
+}
+
+impl fmt::Display for VmExit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VmExit::Process(status) => write!(f, "hypervisor process {status}"),
+            VmExit::Guest(reason) => write!(f, "guest VM ended: {reason:?}"),
+        }
+    }
 }
 
 /// How [`Hypervisor::stop`] ended the VM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stopped {
     /// No VM was running.
     NotRunning,
     /// The VM ended by itself (normally: the guest powered off).
-    Exited(ExitStatus),
+    Exited(VmExit),
     /// The VM was still running after the grace period and was killed.
     Killed,
 }
@@ -107,8 +156,8 @@ pub trait Hypervisor: Send {
     fn start(&mut self, spec: &VmSpec) -> Result<(), Error>;
 
     /// Waits up to `timeout` for the VM to end by itself; `None` if it is
-    /// still running (or was never started).
-    fn wait(&mut self, timeout: Duration) -> Result<Option<ExitStatus>, Error>;
+    /// still running (or was never started). `Duration::ZERO` polls.
+    fn wait(&mut self, timeout: Duration) -> Result<Option<VmExit>, Error>;
 
     /// Ends the VM: waits up to `grace` for it to end by itself (after the
     /// agent powered the guest off), kills it otherwise, then stops the
@@ -116,6 +165,387 @@ pub trait Hypervisor: Send {
     /// left to its owner. Does nothing if no VM runs.
     fn stop(&mut self, grace: Duration) -> Result<Stopped, Error>;
 
-    /// The host process running the VM, if the backend has one.
+    /// The host process running the VM, if the backend has one (the builtin
+    /// VMM runs in the calling process and has none of its own).
     fn pid(&self) -> Option<u32>;
+}
+
+/// The kernel command line for `spec`: the words every backend passes, the
+/// backend's `reboot=` mode, then `spec.kernel_args`.
+///
+/// `panic=-1` turns a guest panic into an immediate reboot, and each
+/// backend's `reboot=` mode makes a reboot end the VM, so a dead guest never
+/// lingers. The agent ends the VM the same way (a restart: the microVM has
+/// no ACPI to power off with).
+pub fn kernel_cmdline(reboot: RebootMode, spec: &VmSpec) -> String {
+    let mut words = vec![
+        "console=ttyS0".to_owned(),
+        format!("reboot={}", reboot.kernel_word()),
+        "panic=-1".to_owned(),
+        "quiet".to_owned(),
+    ];
+    words.extend(spec.kernel_args.iter().cloned());
+    words.join(" ")
+}
+
+/// How the guest kernel restarts the machine, which is how a VM ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RebootMode {
+    /// `reboot=t`: a triple fault (QEMU `-no-reboot` exits on it).
+    TripleFault,
+    /// `reboot=k`: a reset pulse through the i8042 keyboard controller.
+    Keyboard,
+}
+
+impl RebootMode {
+    fn kernel_word(self) -> &'static str {
+        match self {
+            RebootMode::TripleFault => "t",
+            RebootMode::Keyboard => "k",
+        }
+    }
+}
+
+/// Checks what every backend needs before starting anything: the kernel
+/// and initrd files, the sandbox's shared directory, and the spec's ranges.
+pub fn check_spec(spec: &VmSpec) -> Result<(), Error> {
+    for (what, path) in [("kernel", &spec.kernel), ("initrd", &spec.initrd)] {
+        if !path.is_file() {
+            return Err(Error::MissingFile {
+                what,
+                path: path.clone(),
+            });
+        }
+    }
+    if !spec.sandbox.shared_dir().is_dir() {
+        return Err(Error::MissingSandbox(spec.sandbox.path().to_owned()));
+    }
+    validate_spec(spec)
+}
+
+/// The spec's values alone, without touching the file system.
+fn validate_spec(spec: &VmSpec) -> Result<(), Error> {
+    if spec.vcpus == 0 || spec.vcpus > MAX_VCPUS {
+        return Err(Error::InvalidSpec(format!(
+            "vcpus {} not in 1..={MAX_VCPUS}",
+            spec.vcpus
+        )));
+    }
+    if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&spec.memory_mib) {
+        return Err(Error::InvalidSpec(format!(
+            "memory {} MiB not in {MIN_MEMORY_MIB}..={MAX_MEMORY_MIB}",
+            spec.memory_mib
+        )));
+    }
+    // Each word stays one word: no whitespace or control characters.
+    if let Some(bad) = spec
+        .kernel_args
+        .iter()
+        .find(|a| a.is_empty() || a.chars().any(|c| c.is_whitespace() || c.is_control()))
+    {
+        return Err(Error::InvalidSpec(format!("kernel argument {bad:?}")));
+    }
+    // Paths under the sandbox must be valid UTF-8: QEMU's option parser
+    // and the virtio-fs passthrough both take them as strings.
+    let dir = &spec.sandbox;
+    if dir.path().to_str().is_none() {
+        return Err(Error::InvalidSpec(format!(
+            "sandbox path {} is not UTF-8",
+            dir.path().display()
+        )));
+    }
+    Ok(())
+}
+
+/// The configured hypervisor backend (`hypervisor = ...` in
+/// configuration.toml).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// The builtin VMM where this host's KVM runs Linux guests, QEMU elsewhere.
+    #[default]
+    Auto,
+    /// Always the builtin VMM.
+    Builtin,
+    /// Always QEMU.
+    Qemu,
+}
+
+/// A backend that runs VMs: what [`Backend::resolve`] picks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConcreteBackend {
+    /// The builtin VMM ([`builtin::Builtin`]).
+    Builtin,
+    /// QEMU ([`qemu::Qemu`]).
+    Qemu,
+}
+
+/// A backend name that is not `auto`, `builtin` or `qemu`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown hypervisor backend {0:?}: expected \"auto\", \"builtin\" or \"qemu\"")]
+pub struct UnknownBackend(pub String);
+
+impl FromStr for Backend {
+    type Err = UnknownBackend;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Backend::Auto),
+            "builtin" => Ok(Backend::Builtin),
+            "qemu" => Ok(Backend::Qemu),
+            other => Err(UnknownBackend(other.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Auto => "auto",
+            Backend::Builtin => "builtin",
+            Backend::Qemu => "qemu",
+        })
+    }
+}
+
+impl fmt::Display for ConcreteBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ConcreteBackend::Builtin => "builtin",
+            ConcreteBackend::Qemu => "qemu",
+        })
+    }
+}
+
+impl Backend {
+    /// The backend that runs VMs on `host`, and why, for a person to read.
+    /// `auto` picks the builtin VMM when KVM can run Linux guests, QEMU
+    /// otherwise; `builtin` and `qemu` are taken as configured (whether they
+    /// work here is for `husk check` to say).
+    pub fn resolve(self, host: &HostCheck) -> (ConcreteBackend, String) {
+        match self {
+            Backend::Builtin => (ConcreteBackend::Builtin, "configured: builtin".into()),
+            Backend::Qemu => (ConcreteBackend::Qemu, "configured: qemu".into()),
+            Backend::Auto => match kvm_limitation(host) {
+                None => (
+                    ConcreteBackend::Builtin,
+                    "KVM has hardware virtualization, so the builtin VMM runs Linux guests".into(),
+                ),
+                Some(why) => (
+                    ConcreteBackend::Qemu,
+                    format!("{why}, so QEMU runs the guest"),
+                ),
+            },
+        }
+    }
+}
+
+/// Why `host`'s KVM cannot run Linux guests; `None` when it can.
+pub fn kvm_limitation(host: &HostCheck) -> Option<&'static str> {
+    if host.can_run_linux_guests() {
+        return None;
+    }
+    Some(if !host.kvm_present {
+        "/dev/kvm does not exist"
+    } else if !host.kvm_openable {
+        "/dev/kvm cannot be opened read-write"
+    } else if host.pvm_only {
+        "KVM is the emulating kvm_pvm, which cannot run Linux guests"
+    } else {
+        "the CPU shows no hardware virtualization (no vmx/svm, no kvm_intel/kvm_amd)"
+    })
+}
+
+/// A hypervisor of the given backend. `qemu_program` is a path or a name
+/// looked up in `PATH` (used by the QEMU backend only; a missing program is
+/// reported when the VM starts).
+pub fn new_hypervisor(backend: ConcreteBackend, qemu_program: &Path) -> Box<dyn Hypervisor> {
+    match backend {
+        ConcreteBackend::Builtin => Box::new(builtin::Builtin::new()),
+        ConcreteBackend::Qemu => {
+            let program =
+                qemu::find_program(qemu_program).unwrap_or_else(|| qemu_program.to_owned());
+            Box::new(qemu::Qemu::with_program(program, qemu::Accel::detect()))
+        }
+    }
+}
+
+/// Helpers the backends' and `husk check`'s unit tests share.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::fs;
+    use std::path::Path;
+
+    use super::VmSpec;
+    use crate::sandbox_dir::SandboxDir;
+    use husk_vmm::machine::HostCheck;
+
+    /// A spec for a VM under `root` (the files need not exist).
+    pub fn spec(root: &Path) -> VmSpec {
+        VmSpec {
+            vcpus: 1,
+            memory_mib: 256,
+            kernel: root.join("vmlinux"),
+            initrd: root.join("initrd"),
+            kernel_args: vec![],
+            sandbox: SandboxDir::new(root, "vm").unwrap(),
+        }
+    }
+
+    /// A fake host: /proc/cpuinfo with `flags`, the given modules in
+    /// /sys/module, /dev/kvm as a file (`Some(true)`), as a directory,
+    /// which does not open read-write (`Some(false)`), or absent.
+    pub fn host(flags: &str, modules: &[&str], kvm: Option<bool>) -> HostCheck {
+        let root = tempfile::tempdir().unwrap();
+        fs::create_dir_all(root.path().join("proc")).unwrap();
+        fs::create_dir_all(root.path().join("dev")).unwrap();
+        fs::write(
+            root.path().join("proc/cpuinfo"),
+            format!("processor\t: 0\nflags\t\t: fpu {flags}\n"),
+        )
+        .unwrap();
+        for m in modules {
+            fs::create_dir_all(root.path().join("sys/module").join(m)).unwrap();
+        }
+        match kvm {
+            Some(true) => fs::write(root.path().join("dev/kvm"), b"").unwrap(),
+            Some(false) => fs::create_dir(root.path().join("dev/kvm")).unwrap(),
+            None => {}
+        }
+        HostCheck::inspect(root.path())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::spec;
+    use super::*;
+
+    fn host(flags: &str, modules: &[&str], kvm: bool) -> HostCheck {
+        super::test_support::host(flags, modules, kvm.then_some(true))
+    }
+
+    #[test]
+    fn out_of_range_specs_are_refused() {
+        let root = Path::new("/r");
+        let mut bad = Vec::new();
+        let mut s = spec(root);
+        s.vcpus = 0;
+        bad.push(s);
+        let mut s = spec(root);
+        s.vcpus = MAX_VCPUS + 1;
+        bad.push(s);
+        let mut s = spec(root);
+        s.memory_mib = MIN_MEMORY_MIB - 1;
+        bad.push(s);
+        let mut s = spec(root);
+        s.memory_mib = MAX_MEMORY_MIB + 1;
+        bad.push(s);
+        for arg in ["", "a b", "a\nb", "x\0"] {
+            let mut s = spec(root);
+            s.kernel_args = vec![arg.into()];
+            bad.push(s);
+        }
+        for s in bad {
+            assert!(
+                matches!(validate_spec(&s), Err(Error::InvalidSpec(_))),
+                "{s:?} accepted"
+            );
+        }
+        assert!(validate_spec(&spec(root)).is_ok());
+    }
+
+    #[test]
+    fn command_line_is_base_words_reboot_mode_then_spec_args() {
+        let mut s = spec(Path::new("/r"));
+        s.kernel_args = vec!["a=1".into(), "b".into()];
+        assert_eq!(
+            kernel_cmdline(RebootMode::TripleFault, &s),
+            "console=ttyS0 reboot=t panic=-1 quiet a=1 b"
+        );
+        assert_eq!(
+            kernel_cmdline(RebootMode::Keyboard, &s),
+            "console=ttyS0 reboot=k panic=-1 quiet a=1 b"
+        );
+    }
+
+    #[test]
+    fn backend_names_parse_and_bad_ones_are_named_in_the_error() {
+        for (name, backend) in [
+            ("auto", Backend::Auto),
+            ("builtin", Backend::Builtin),
+            ("qemu", Backend::Qemu),
+        ] {
+            assert_eq!(name.parse::<Backend>().unwrap(), backend);
+            assert_eq!(backend.to_string(), name);
+        }
+        let err = "kvm".parse::<Backend>().unwrap_err();
+        assert_eq!(err, UnknownBackend("kvm".into()));
+        let msg = err.to_string();
+        assert!(
+            msg.contains("\"kvm\"") && msg.contains("\"builtin\""),
+            "{msg}"
+        );
+        // Names are exact: configuration keys are lowercase.
+        assert!("Qemu".parse::<Backend>().is_err());
+        assert_eq!(Backend::default(), Backend::Auto);
+    }
+
+    #[test]
+    fn backends_serialize_lowercase_and_refuse_unknown_names() {
+        assert_eq!(
+            serde_json::to_string(&Backend::Builtin).unwrap(),
+            "\"builtin\""
+        );
+        assert_eq!(
+            serde_json::to_string(&ConcreteBackend::Qemu).unwrap(),
+            "\"qemu\""
+        );
+        let auto: Backend = serde_json::from_str("\"auto\"").unwrap();
+        assert_eq!(auto, Backend::Auto);
+        assert!(serde_json::from_str::<Backend>("\"firecracker\"").is_err());
+    }
+
+    #[test]
+    fn auto_picks_builtin_only_where_kvm_runs_linux_guests() {
+        let (b, why) = Backend::Auto.resolve(&host("vmx", &["kvm", "kvm_intel"], true));
+        assert_eq!(b, ConcreteBackend::Builtin);
+        assert!(why.contains("hardware virtualization"), "{why}");
+
+        let (b, why) = Backend::Auto.resolve(&host("lm", &["kvm", "kvm_pvm"], true));
+        assert_eq!(b, ConcreteBackend::Qemu);
+        assert!(why.contains("kvm_pvm"), "{why}");
+
+        let (b, why) = Backend::Auto.resolve(&host("svm", &["kvm_amd"], false));
+        assert_eq!(b, ConcreteBackend::Qemu);
+        assert!(why.contains("/dev/kvm does not exist"), "{why}");
+
+        let (b, why) = Backend::Auto.resolve(&host("lm", &["kvm"], true));
+        assert_eq!(b, ConcreteBackend::Qemu);
+        assert!(why.contains("no hardware virtualization"), "{why}");
+    }
+
+    #[test]
+    fn explicit_backends_are_taken_as_configured() {
+        let pvm = host("lm", &["kvm", "kvm_pvm"], true);
+        assert_eq!(Backend::Builtin.resolve(&pvm).0, ConcreteBackend::Builtin);
+        let vmx = host("vmx", &["kvm_intel"], true);
+        assert_eq!(Backend::Qemu.resolve(&vmx).0, ConcreteBackend::Qemu);
+    }
+
+    #[test]
+    fn new_hypervisor_builds_an_idle_backend_of_each_kind() {
+        for backend in [ConcreteBackend::Builtin, ConcreteBackend::Qemu] {
+            let mut hv = new_hypervisor(backend, Path::new("qemu-system-x86_64"));
+            assert_eq!(hv.pid(), None);
+            assert_eq!(hv.wait(Duration::ZERO).unwrap(), None);
+            assert_eq!(hv.stop(Duration::ZERO).unwrap(), Stopped::NotRunning);
+        }
+        // A QEMU program that is not there is reported when a VM starts.
+        let root = tempfile::tempdir().unwrap();
+        let s = spec(root.path());
+        let mut hv = new_hypervisor(ConcreteBackend::Qemu, &root.path().join("no-qemu"));
+        assert!(matches!(hv.start(&s), Err(Error::MissingProgram(_))));
+    }
 }

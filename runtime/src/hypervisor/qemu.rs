@@ -17,16 +17,14 @@ use husk_vmm::devices::vsock::serve_vsock;
 use husk_vmm::machine::HostCheck;
 use husk_vmm::vhost_user::ServeHandle;
 
-use super::{Error, Hypervisor, Stopped, VmSpec, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB};
+use super::{
+    check_spec, kernel_cmdline, Error, Hypervisor, RebootMode, Stopped, VmExit, VmSpec, FS_TAG,
+    GUEST_CID,
+};
 
-/// The guest's vsock CID.
-pub const GUEST_CID: u64 = 3;
-/// The virtio-fs tag the agent mounts.
-pub const FS_TAG: &str = "husk";
-/// The kernel command line the backend always passes. `reboot=t` with
-/// QEMU's `-no-reboot` turns a guest reboot into QEMU exiting; `panic=-1`
-/// turns a panic into a reboot, so a dead guest never lingers.
-pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 quiet";
+/// How the guest ends the VM: `reboot=t` with QEMU's `-no-reboot` turns a
+/// guest reboot into QEMU exiting.
+const REBOOT: RebootMode = RebootMode::TripleFault;
 /// The program looked up in `PATH` by [`Qemu::new`].
 pub const DEFAULT_PROGRAM: &str = "qemu-system-x86_64";
 
@@ -96,18 +94,7 @@ impl Qemu {
         if !is_executable(&self.program) {
             return Err(Error::MissingProgram(self.program.clone()));
         }
-        for (what, path) in [("kernel", &spec.kernel), ("initrd", &spec.initrd)] {
-            if !path.is_file() {
-                return Err(Error::MissingFile {
-                    what,
-                    path: path.clone(),
-                });
-            }
-        }
-        if !spec.sandbox.shared_dir().is_dir() {
-            return Err(Error::MissingSandbox(spec.sandbox.path().to_owned()));
-        }
-        validate_spec(spec)
+        check_spec(spec)
     }
 }
 
@@ -177,14 +164,14 @@ impl Hypervisor for Qemu {
         Ok(())
     }
 
-    fn wait(&mut self, timeout: Duration) -> Result<Option<ExitStatus>, Error> {
+    fn wait(&mut self, timeout: Duration) -> Result<Option<VmExit>, Error> {
         let Some(vm) = self.vm.as_mut() else {
             return Ok(None);
         };
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = vm.status {
-                return Ok(Some(status));
+                return Ok(Some(VmExit::Process(status)));
             }
             vm.status = vm.child.try_wait().map_err(Error::Process)?;
             if vm.status.is_none() {
@@ -198,10 +185,10 @@ impl Hypervisor for Qemu {
 
     fn stop(&mut self, grace: Duration) -> Result<Stopped, Error> {
         let mut outcome = match self.wait(grace)? {
-            Some(status) => Stopped::Exited(status),
+            Some(exit) => Stopped::Exited(exit),
             None => Stopped::NotRunning,
         };
-        if let (Stopped::NotRunning, Some(vm)) = (outcome, self.vm.as_mut()) {
+        if let (Stopped::NotRunning, Some(vm)) = (&outcome, self.vm.as_mut()) {
             tracing::warn!(
                 pid = vm.child.id(),
                 "VM did not end by itself; killing QEMU"
@@ -239,11 +226,7 @@ impl Drop for Qemu {
 fn command_line(spec: &VmSpec, accel: Accel) -> Vec<OsString> {
     let dir = &spec.sandbox;
     let mem = spec.memory_mib;
-    let mut cmdline = BASE_CMDLINE.to_owned();
-    for arg in &spec.kernel_args {
-        cmdline.push(' ');
-        cmdline.push_str(arg);
-    }
+    let cmdline = kernel_cmdline(REBOOT, spec);
     let mut args: Vec<OsString> = Vec::new();
     let mut push = |a: &str| args.push(a.into());
     push("-M");
@@ -312,41 +295,18 @@ fn opt_path(path: &Path) -> String {
     path.display().to_string().replace(',', ",,")
 }
 
-fn validate_spec(spec: &VmSpec) -> Result<(), Error> {
-    if spec.vcpus == 0 || spec.vcpus > MAX_VCPUS {
-        return Err(Error::InvalidSpec(format!(
-            "vcpus {} not in 1..={MAX_VCPUS}",
-            spec.vcpus
-        )));
-    }
-    if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&spec.memory_mib) {
-        return Err(Error::InvalidSpec(format!(
-            "memory {} MiB not in {MIN_MEMORY_MIB}..={MAX_MEMORY_MIB}",
-            spec.memory_mib
-        )));
-    }
-    // Each word stays one word: no whitespace or control characters.
-    if let Some(bad) = spec
-        .kernel_args
-        .iter()
-        .find(|a| a.is_empty() || a.chars().any(|c| c.is_whitespace() || c.is_control()))
-    {
-        return Err(Error::InvalidSpec(format!("kernel argument {bad:?}")));
-    }
-    // Paths QEMU reads must be valid UTF-8 to survive its option parser.
-    let dir = &spec.sandbox;
-    if dir.path().to_str().is_none() {
-        return Err(Error::InvalidSpec(format!(
-            "sandbox path {} is not UTF-8",
-            dir.path().display()
-        )));
-    }
-    Ok(())
-}
-
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// `program` if it is a path (has a `/`) to an executable file, else the
+/// first executable of that name in `PATH`.
+pub fn find_program(program: &Path) -> Option<PathBuf> {
+    if program.components().count() > 1 || program.is_absolute() {
+        return is_executable(program).then(|| program.to_owned());
+    }
+    find_in_path(program.to_str()?)
 }
 
 fn find_in_path(name: &str) -> Option<PathBuf> {
@@ -369,18 +329,7 @@ fn read_tail(path: &Path, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sandbox_dir::SandboxDir;
-
-    fn spec(root: &Path) -> VmSpec {
-        VmSpec {
-            vcpus: 1,
-            memory_mib: 256,
-            kernel: root.join("vmlinux"),
-            initrd: root.join("initrd"),
-            kernel_args: vec![],
-            sandbox: SandboxDir::new(root, "vm").unwrap(),
-        }
-    }
+    use crate::hypervisor::test_support::spec;
 
     fn strings(args: &[OsString]) -> Vec<String> {
         args.iter()
@@ -448,33 +397,17 @@ mod tests {
     }
 
     #[test]
-    fn out_of_range_specs_are_refused() {
-        let root = Path::new("/r");
-        let mut bad = Vec::new();
-        let mut s = spec(root);
-        s.vcpus = 0;
-        bad.push(s);
-        let mut s = spec(root);
-        s.vcpus = MAX_VCPUS + 1;
-        bad.push(s);
-        let mut s = spec(root);
-        s.memory_mib = MIN_MEMORY_MIB - 1;
-        bad.push(s);
-        let mut s = spec(root);
-        s.memory_mib = MAX_MEMORY_MIB + 1;
-        bad.push(s);
-        for arg in ["", "a b", "a\nb", "x\0"] {
-            let mut s = spec(root);
-            s.kernel_args = vec![arg.into()];
-            bad.push(s);
-        }
-        for s in bad {
-            assert!(
-                matches!(validate_spec(&s), Err(Error::InvalidSpec(_))),
-                "{s:?} accepted"
-            );
-        }
-        assert!(validate_spec(&spec(root)).is_ok());
+    fn programs_are_found_by_path_or_in_path() {
+        let sh = find_program(Path::new("sh")).expect("sh in PATH");
+        assert!(sh.is_absolute() && is_executable(&sh));
+        assert_eq!(find_program(Path::new("/bin/sh")), Some("/bin/sh".into()));
+        assert_eq!(find_program(Path::new("husk-no-such-program")), None);
+        assert_eq!(find_program(Path::new("/nonexistent/qemu")), None);
+        // A path to something that is not executable is not a program.
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("qemu");
+        std::fs::write(&plain, b"").unwrap();
+        assert_eq!(find_program(&plain), None);
     }
 
     #[test]
@@ -542,7 +475,7 @@ mod tests {
         let (s, mut qemu) = fake_qemu(root.path(), "#!/bin/sh\nsleep 0.4\n");
         qemu.start(&s).unwrap();
         match qemu.stop(Duration::from_secs(10)).unwrap() {
-            Stopped::Exited(status) => assert!(status.success()),
+            Stopped::Exited(VmExit::Process(status)) => assert!(status.success()),
             other => panic!("expected Exited, got {other:?}"),
         }
         assert!(!s.sandbox.vsock_socket().exists());

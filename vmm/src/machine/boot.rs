@@ -43,9 +43,19 @@ const PAGE_SIZE: u64 = 0x1000;
 
 /// The kernel formats the machine boots.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum KernelFormat {
+pub enum KernelFormat {
+    /// An ELF `vmlinux`.
     Elf,
+    /// A `bzImage` (x86 boot protocol).
     BzImage,
+}
+
+/// The format of the kernel file at `path`, from its first bytes; `None`
+/// when it is neither (such a file makes [`Vm::new`](super::Vm::new) fail
+/// with [`Error::KernelFormat`]). Lets a host check judge a kernel without
+/// building a VM.
+pub fn kernel_format(path: &Path) -> std::io::Result<Option<KernelFormat>> {
+    detect_format(&mut File::open(path)?)
 }
 
 /// Where boot placed things; returned for logging and tests.
@@ -336,6 +346,27 @@ fn write_pvh_start_info(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_format_tells_elf_bzimage_and_anything_else_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, bytes: &[u8]| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            path
+        };
+        let elf = file("elf", b"\x7fELF\x02\x01\x01");
+        let mut bz = vec![0u8; 0x300];
+        bz[0x202..0x206].copy_from_slice(b"HdrS");
+        let bz = file("bz", &bz);
+        let junk = file("junk", &[0x90; 0x300]);
+        let empty = file("empty", b"");
+        assert_eq!(kernel_format(&elf).unwrap(), Some(KernelFormat::Elf));
+        assert_eq!(kernel_format(&bz).unwrap(), Some(KernelFormat::BzImage));
+        assert_eq!(kernel_format(&junk).unwrap(), None);
+        assert_eq!(kernel_format(&empty).unwrap(), None);
+        assert!(kernel_format(&dir.path().join("missing")).is_err());
+    }
 
     #[test]
     fn e820_skips_the_legacy_hole_and_the_mmio_gap() {

@@ -19,7 +19,7 @@ mod regs;
 mod vcpu;
 mod vm;
 
-pub use boot::BootLayout;
+pub use boot::{kernel_format, BootLayout, KernelFormat};
 pub use config::{MemoryBacking, VmConfig};
 pub use error::{Error, Result};
 pub use hostcheck::HostCheck;

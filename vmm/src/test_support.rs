@@ -1,10 +1,17 @@
-//! Builds test payloads: assembles `tests/payloads/<name>.S` with binutils
-//! into a flat image linked at [`LOAD_ADDR`], and wraps it as a minimal
-//! ELF vmlinux (64-bit entry or PVH note) or bzImage in a temp file.
+//! Test support (feature `test-support`), shared by husk-vmm's payload tests
+//! and the runtime's builtin-backend tests so neither copies the other.
+//!
+//! Builds test payloads: assembles `vmm/tests/payloads/<name>.S` with
+//! binutils into a flat image linked at [`LOAD_ADDR`], and wraps it as a
+//! minimal ELF vmlinux (64-bit entry or PVH note) or bzImage in a temp file.
+//! Also counts the VMM's vCPU threads, so tests can prove none is left.
+//!
+//! Test code: it panics on failure instead of returning errors.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 /// Where payloads are linked and loaded (the kernel's usual 1 MiB).
 pub const LOAD_ADDR: u64 = 0x10_0000;
@@ -26,6 +33,7 @@ impl Kernel {
         Self { _dir: None, path }
     }
 
+    /// Where the kernel file is.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -50,11 +58,12 @@ fn tool(name: &str) -> bool {
 }
 
 impl Payload {
-    /// Assembles `tests/payloads/<name>.S`; `None` (test skips) without binutils.
+    /// Assembles `vmm/tests/payloads/<name>.S`; `None` (test skips) without binutils.
     pub fn build(name: &str) -> Option<Self> {
         if !tool("as") || !tool("ld") {
             return None;
         }
+        // husk-vmm's own directory, also when the runtime's tests call this.
         let src = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/payloads")
             .join(format!("{name}.S"));
@@ -180,4 +189,36 @@ fn elf_with_memsz(code: &[u8], pvh_entry: Option<u32>, memsz: u64) -> Vec<u8> {
     out.resize(CODE_OFFSET as usize, 0);
     out.extend_from_slice(code);
     out
+}
+
+/// Threads of this process named like the VMM's vCPU threads (`husk-vcpu<N>`).
+pub fn vcpu_threads() -> usize {
+    threads_named("husk-vcpu")
+}
+
+/// Threads of this process whose name starts with `prefix`.
+pub fn threads_named(prefix: &str) -> usize {
+    fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with(prefix))
+        .count()
+}
+
+/// vCPU threads still alive, waiting briefly: a joined thread can stay
+/// listed in /proc/self/task for a moment after pthread_join returns.
+pub fn vcpu_threads_settled() -> usize {
+    threads_settled("husk-vcpu")
+}
+
+/// Like [`vcpu_threads_settled`] for any thread name prefix.
+pub fn threads_settled(prefix: &str) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let n = threads_named(prefix);
+        if n == 0 || Instant::now() > deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }

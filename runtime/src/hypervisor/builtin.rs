@@ -1,0 +1,191 @@
+//! The builtin backend: husk's own VMM ([`husk_vmm::machine::Vm`]) in the
+//! calling process, one thread per vCPU, with the vsock and virtio-fs
+//! devices on virtio-mmio (each served from its own thread once the guest
+//! driver activates it) and the serial console written to the sandbox's
+//! console log.
+//!
+//! Everything that can be wrong with the input (kernel and initrd files,
+//! vCPU count, memory for kernel and initrd) is refused by
+//! [`Hypervisor::start`] before any vCPU thread exists; whatever was set up
+//! by then (the vsock listener, the share) is dropped with the error.
+
+use std::fs::File;
+use std::time::Duration;
+
+use husk_vmm::devices::fs::{FsConfig, FsDevice, FsMmioDevice};
+use husk_vmm::devices::vsock::VsockMmioDevice;
+use husk_vmm::machine::{ExitReason, Vm, VmConfig};
+
+use super::{
+    check_spec, kernel_cmdline, Error, Hypervisor, RebootMode, Stopped, VmExit, VmSpec, FS_TAG,
+    GUEST_CID,
+};
+
+/// How the guest ends the VM. The builtin VMM emulates the i8042 and ends
+/// the VM on its reset pulse (`ExitReason::I8042Reset`): one port write the
+/// VMM handles itself, so a deliberate guest reboot (the agent's power-off,
+/// or `panic=-1`) is told apart from a triple fault, which the VMM reports
+/// as `TripleFault` and which otherwise means the guest crashed badly.
+const REBOOT: RebootMode = RebootMode::Keyboard;
+
+/// The builtin backend. Runs at most one VM at a time.
+#[derive(Default)]
+pub struct Builtin {
+    vm: Option<RunningVm>,
+}
+
+/// A started VM and, once it ended, why.
+struct RunningVm {
+    vm: Vm,
+    exit: Option<ExitReason>,
+}
+
+impl Builtin {
+    /// A backend with no VM yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+/// Builds (but does not start) the VM for `spec`.
+fn build(spec: &VmSpec) -> Result<Vm, Error> {
+    let dir = &spec.sandbox;
+    let console_path = dir.console_log();
+    let console = File::create(&console_path).map_err(|source| Error::Console {
+        path: console_path,
+        source,
+    })?;
+    let vsock =
+        VsockMmioDevice::new(GUEST_CID, &dir.vsock_socket()).map_err(|e| Error::Device {
+            device: "vsock",
+            message: e.to_string(),
+        })?;
+    let fs = FsDevice::new(FsConfig::new(dir.shared_dir(), FS_TAG)).map_err(|e| Error::Device {
+        device: "fs",
+        message: e.to_string(),
+    })?;
+
+    let mut config = VmConfig::new(&spec.kernel);
+    config.vcpus = u32::from(spec.vcpus);
+    config.memory_mib = u64::from(spec.memory_mib);
+    config.initrd = Some(spec.initrd.clone());
+    config.cmdline = kernel_cmdline(REBOOT, spec);
+    config.devices = vec![Box::new(vsock), Box::new(FsMmioDevice::new(fs))];
+    config.console = Box::new(console);
+    tracing::debug!(
+        cmdline = %config.cmdline,
+        vcpus = config.vcpus,
+        memory_mib = config.memory_mib,
+        "building the builtin VM"
+    );
+    Vm::new(config).map_err(Error::Machine)
+}
+
+impl Hypervisor for Builtin {
+    fn start(&mut self, spec: &VmSpec) -> Result<(), Error> {
+        if self.vm.is_some() {
+            return Err(Error::AlreadyRunning);
+        }
+        check_spec(spec)?;
+        let mut vm = build(spec)?;
+        // On failure `vm` is dropped, which joins any vCPU thread started.
+        vm.start().map_err(Error::Machine)?;
+        self.vm = Some(RunningVm { vm, exit: None });
+        Ok(())
+    }
+
+    fn wait(&mut self, timeout: Duration) -> Result<Option<VmExit>, Error> {
+        let Some(running) = self.vm.as_mut() else {
+            return Ok(None);
+        };
+        if running.exit.is_none() {
+            running.exit = running.vm.wait_timeout(timeout);
+            if let Some(reason) = &running.exit {
+                tracing::info!(?reason, "builtin VM ended");
+            }
+        }
+        Ok(running.exit.clone().map(VmExit::Guest))
+    }
+
+    fn stop(&mut self, grace: Duration) -> Result<Stopped, Error> {
+        let ended = self.wait(grace)?;
+        let Some(mut running) = self.vm.take() else {
+            return Ok(Stopped::NotRunning);
+        };
+        let outcome = match ended {
+            Some(exit) => Stopped::Exited(exit),
+            None => {
+                tracing::warn!("VM did not end by itself; stopping its vCPUs");
+                match running.vm.stop() {
+                    ExitReason::Stopped => Stopped::Killed,
+                    // The guest ended it just before the stop request did.
+                    reason => Stopped::Exited(VmExit::Guest(reason)),
+                }
+            }
+        };
+        // Dropping the VM drops its devices: their worker threads are
+        // joined and the vsock listener's socket is removed.
+        drop(running);
+        Ok(outcome)
+    }
+
+    fn pid(&self) -> Option<u32> {
+        // The VM runs in this process; there is no process of its own.
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::sandbox_dir::SandboxDir;
+
+    fn spec(root: &Path) -> VmSpec {
+        VmSpec {
+            vcpus: 1,
+            memory_mib: 64,
+            kernel: root.join("vmlinux"),
+            initrd: root.join("initrd"),
+            kernel_args: vec!["husk.debug=1".into()],
+            sandbox: SandboxDir::new(root, "vm").unwrap(),
+        }
+    }
+
+    #[test]
+    fn command_line_reboots_through_the_i8042() {
+        assert_eq!(
+            kernel_cmdline(REBOOT, &spec(Path::new("/r"))),
+            "console=ttyS0 reboot=k panic=-1 quiet husk.debug=1"
+        );
+    }
+
+    #[test]
+    fn nothing_to_wait_for_or_stop_without_a_vm() {
+        let mut b = Builtin::new();
+        assert_eq!(b.wait(Duration::ZERO).unwrap(), None);
+        assert_eq!(b.stop(Duration::ZERO).unwrap(), Stopped::NotRunning);
+        assert_eq!(b.pid(), None);
+    }
+
+    #[test]
+    fn missing_files_or_sandbox_fail_before_anything_is_created() {
+        let root = tempfile::tempdir().unwrap();
+        let s = spec(root.path());
+        let mut b = Builtin::new();
+        assert!(matches!(
+            b.start(&s),
+            Err(Error::MissingFile { what: "kernel", .. })
+        ));
+        std::fs::write(&s.kernel, b"").unwrap();
+        assert!(matches!(
+            b.start(&s),
+            Err(Error::MissingFile { what: "initrd", .. })
+        ));
+        std::fs::write(&s.initrd, b"").unwrap();
+        assert!(matches!(b.start(&s), Err(Error::MissingSandbox(_))));
+        assert!(!s.sandbox.path().exists());
+        assert_eq!(b.wait(Duration::ZERO).unwrap(), None);
+    }
+}
