@@ -4,8 +4,24 @@
 //! - [`hypervisor`]: the [`hypervisor::Hypervisor`] trait and its backends.
 //! - [`agent_client`]: the ttrpc connection to `husk-agent` over hybrid vsock.
 //! - [`sandbox_vm`]: one sandbox VM from boot to teardown.
+//! - [`check`]: `husk check`, can this host run containers and how.
+//! - [`config`]: the configuration file.
+//! - [`oci`]: bundles, the state document, hooks, the guest's spec.
+//! - [`store`]: containers' records under `--root`.
+//! - [`host_process`]: host processes named by pid and start time.
+//! - [`sandbox`]: the sandbox process and the process proxies.
+//! - [`cli`]: the runc-compatible command line.
+//! - [`logging`]: logs in runc's text and JSON shapes.
 
 pub mod agent_client;
+pub mod check;
+pub mod cli;
+pub mod config;
+pub mod host_process;
 pub mod hypervisor;
+pub mod logging;
+pub mod oci;
+pub mod sandbox;
 pub mod sandbox_dir;
 pub mod sandbox_vm;
+pub mod store;

@@ -1,0 +1,280 @@
+//! `start`, `kill`, `delete`, `pause` and `resume`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail};
+use clap::Args;
+use husk_protocol::agent::*;
+use husk_protocol::agent_ttrpc::AgentServiceClient;
+use husk_protocol::AGENT_VSOCK_PORT;
+
+use super::create::{remove_sandbox_dir, SANDBOX_STOP_TIMEOUT};
+use super::Global;
+use crate::agent_client;
+use crate::oci::hooks;
+use crate::oci::state::Status;
+use crate::sandbox::host_cgroup::HostCgroup;
+use crate::sandbox::proxy::{agent_message, ctx, INIT_EXEC_ID};
+use crate::store::Record;
+
+/// How long a CLI verb waits to reach the agent of a running sandbox.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `kill`'s flags.
+#[derive(Debug, Args)]
+pub struct KillArgs {
+    /// Signal every process of the container.
+    #[arg(short, long)]
+    pub all: bool,
+    /// The container id.
+    pub id: String,
+    /// The signal, by name (TERM, SIGTERM) or number.
+    #[arg(default_value = "SIGTERM")]
+    pub signal: String,
+}
+
+/// `delete`'s flags.
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// Kill a running container first.
+    #[arg(short, long)]
+    pub force: bool,
+    /// The container id.
+    pub id: String,
+}
+
+/// Runs `f` to completion on a small runtime.
+pub fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Ok(runtime.block_on(f))
+}
+
+/// Connects to the agent of `record`'s sandbox.
+pub async fn connect(record: &Record) -> anyhow::Result<AgentServiceClient> {
+    agent_client::connect(
+        &record.sandbox_dir.join("vsock.sock"),
+        AGENT_VSOCK_PORT,
+        CONNECT_TIMEOUT,
+    )
+    .await
+    .map_err(|e| anyhow!("container {}: sandbox not reachable: {e}", record.id))
+}
+
+/// The record of `id` with its status checked against `allowed`.
+fn load_in(g: &Global, id: &str, allowed: &[Status], verb: &str) -> anyhow::Result<Record> {
+    let record = g.store().load(id)?;
+    let status = record.current_status();
+    if !allowed.contains(&status) {
+        bail!("cannot {verb} container {id}: it is {status}");
+    }
+    Ok(record)
+}
+
+/// `husk start`.
+pub fn start(g: &Global, id: &str) -> anyhow::Result<()> {
+    let mut record = load_in(g, id, &[Status::Created], "start")?;
+    block_on(async {
+        let agent = connect(&record).await?;
+        agent
+            .start_container(
+                ctx(),
+                &ContainerRequest {
+                    container_id: id.into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| anyhow!("starting container {id}: {}", agent_message(&e)))
+    })??;
+    record.status = Status::Running;
+    g.store().save(&record)?;
+    hooks::run_logged(
+        "poststart",
+        record.hooks.as_ref().and_then(|h| h.poststart().as_ref()),
+        &record.state(),
+    );
+    Ok(())
+}
+
+/// `husk kill`.
+pub fn kill(g: &Global, args: KillArgs) -> anyhow::Result<()> {
+    let signal = parse_signal(&args.signal)?;
+    let record = load_in(
+        g,
+        &args.id,
+        &[Status::Created, Status::Running, Status::Paused],
+        "kill",
+    )?;
+    block_on(async {
+        let agent = connect(&record).await?;
+        agent
+            .signal_process(
+                ctx(),
+                &SignalProcessRequest {
+                    container_id: args.id.clone(),
+                    exec_id: INIT_EXEC_ID.into(),
+                    signal,
+                    all: args.all,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| anyhow!("signalling container {}: {}", args.id, agent_message(&e)))
+    })??;
+    Ok(())
+}
+
+/// `husk pause` (`pause`) and `husk resume` (`!pause`).
+pub fn pause(g: &Global, id: &str, pause: bool) -> anyhow::Result<()> {
+    let (from, to, verb) = if pause {
+        (Status::Running, Status::Paused, "pause")
+    } else {
+        (Status::Paused, Status::Running, "resume")
+    };
+    let mut record = load_in(g, id, &[from], verb)?;
+    block_on(async {
+        let agent = connect(&record).await?;
+        let req = ContainerRequest {
+            container_id: id.into(),
+            ..Default::default()
+        };
+        let reply = if pause {
+            agent.pause_container(ctx(), &req).await
+        } else {
+            agent.resume_container(ctx(), &req).await
+        };
+        reply.map_err(|e| anyhow!("{verb} container {id}: {}", agent_message(&e)))
+    })??;
+    record.status = to;
+    g.store().save(&record)?;
+    Ok(())
+}
+
+/// `husk delete`.
+pub fn delete(g: &Global, args: DeleteArgs) -> anyhow::Result<()> {
+    delete_container(g, &args.id, args.force)
+}
+
+/// Deletes container `id`: kills it (if `force`, or if it never started),
+/// ends its sandbox process (which takes the VM and the share down), runs
+/// the poststop hooks and removes every trace.
+pub fn delete_container(g: &Global, id: &str, force: bool) -> anyhow::Result<()> {
+    let store = g.store();
+    let record = match store.load(id) {
+        Ok(record) => record,
+        // `create` died before recording anything: only its directory is left.
+        Err(crate::store::Error::Io { .. }) if force => return Ok(store.remove(id)?),
+        Err(e) => return Err(e.into()),
+    };
+    let status = record.current_status();
+    if matches!(status, Status::Running | Status::Paused) && !force {
+        bail!("cannot delete container {id}: it is {status} (stop it first, or use --force)");
+    }
+    if status != Status::Stopped {
+        if let Some(init) = record.init {
+            // The proxy ends when the guest process does; SIGKILL cannot
+            // be forwarded, so end the guest process through the agent.
+            let killed = block_on(async {
+                let agent = connect(&record).await?;
+                agent
+                    .signal_process(
+                        ctx(),
+                        &SignalProcessRequest {
+                            container_id: id.into(),
+                            exec_id: INIT_EXEC_ID.into(),
+                            signal: libc::SIGKILL as u32,
+                            all: true,
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .map_err(|e| anyhow!("{}", agent_message(&e)))
+            });
+            if let Err(e) = killed.and_then(|r| r) {
+                tracing::debug!(container = id, "killing through the agent: {e}");
+            }
+            wait_gone(init, Duration::from_secs(5));
+            init.signal(libc::SIGKILL);
+        }
+    }
+    if let Some(sandbox) = record.sandbox {
+        sandbox.signal(libc::SIGTERM);
+        if !wait_gone(sandbox, SANDBOX_STOP_TIMEOUT) {
+            tracing::warn!(
+                container = id,
+                "the sandbox process did not stop; killing it"
+            );
+            sandbox.signal(libc::SIGKILL);
+            wait_gone(sandbox, Duration::from_secs(5));
+        }
+    }
+    remove_sandbox_dir(&record.sandbox_dir);
+    if let Some(cgroup) = HostCgroup::for_container(id) {
+        cgroup.remove();
+    }
+    let mut state = record.state();
+    state.status = Status::Stopped;
+    hooks::run_logged(
+        "poststop",
+        record.hooks.as_ref().and_then(|h| h.poststop().as_ref()),
+        &state,
+    );
+    store.remove(id)?;
+    Ok(())
+}
+
+/// Waits up to `timeout` for `process` to end; whether it did.
+fn wait_gone(process: crate::host_process::HostProcess, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while process.is_alive() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+/// A signal by number, name or SIG-name (case-insensitive).
+pub fn parse_signal(text: &str) -> anyhow::Result<u32> {
+    use std::str::FromStr;
+    if let Ok(n) = text.parse::<u32>() {
+        if (1..=64).contains(&n) {
+            return Ok(n);
+        }
+        bail!("invalid signal {text:?}");
+    }
+    let upper = text.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    nix::sys::signal::Signal::from_str(&name)
+        .map(|s| s as u32)
+        .map_err(|_| anyhow!("invalid signal {text:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_parse_by_name_number_and_sig_name() {
+        assert_eq!(parse_signal("9").unwrap(), 9);
+        assert_eq!(parse_signal("KILL").unwrap(), 9);
+        assert_eq!(parse_signal("SIGTERM").unwrap(), 15);
+        assert_eq!(parse_signal("usr1").unwrap(), 10);
+        for bad in ["0", "65", "SIGNOPE", "", "-1"] {
+            assert!(
+                parse_signal(bad)
+                    .unwrap_err()
+                    .to_string()
+                    .contains("invalid signal"),
+                "{bad}"
+            );
+        }
+    }
+}

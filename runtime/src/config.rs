@@ -1,0 +1,375 @@
+//! `configuration.toml`: how husk runs sandboxes on this host.
+//!
+//! Looked up in order: `--config`, `$HUSK_CONFIG`, `/etc/husk/configuration.toml`,
+//! then built-in defaults (the same values as the documented file in the
+//! repository's root). Unknown keys are errors, so a typo never silently
+//! falls back to a default.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::hypervisor::{Backend, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB};
+
+/// The system-wide configuration file.
+pub const SYSTEM_CONFIG: &str = "/etc/husk/configuration.toml";
+/// The environment variable naming a configuration file.
+pub const CONFIG_ENV: &str = "HUSK_CONFIG";
+/// Where sandbox directories are made by default.
+pub const DEFAULT_SANDBOX_ROOT: &str = "/run/husk/vm";
+/// Longest `sandbox_root`: a sandbox's longest socket path must fit in 108 bytes.
+pub const MAX_SANDBOX_ROOT_LEN: usize = 60;
+/// Where `make install` puts the guest kernel.
+pub const DEFAULT_KERNEL: &str = "/usr/local/share/husk/vmlinux";
+/// Where `make install` puts the guest image.
+pub const DEFAULT_IMAGE: &str = "/usr/local/share/husk/initrd.img";
+
+/// Errors reading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be read.
+    #[error("configuration {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has a bad key or value.
+    #[error("configuration {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with its line.
+        message: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The VM backend: `auto` (builtin where KVM runs Linux guests, else
+    /// qemu), `builtin` or `qemu`.
+    pub hypervisor: Backend,
+    /// Log level of the runtime and its sandbox processes when `--debug` is
+    /// not given: error, warn, info, debug or trace.
+    pub log_level: String,
+    /// Where sandbox directories (sockets, share, console) are made. Short,
+    /// because socket paths in it must fit in 108 bytes.
+    pub sandbox_root: PathBuf,
+    /// The guest: kernel, image and VM sizing.
+    pub guest: Guest,
+    /// The QEMU backend.
+    pub qemu: Qemu,
+}
+
+/// The guest kernel, image and VM sizing.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Guest {
+    /// The guest kernel (vmlinux or bzImage).
+    pub kernel: PathBuf,
+    /// The guest initrd (husk-agent as `/init`).
+    pub image: PathBuf,
+    /// vCPUs of a sandbox whose spec sets no CPU quota.
+    pub default_vcpus: u8,
+    /// Most vCPUs a CPU quota may ask for.
+    pub max_vcpus: u8,
+    /// Guest memory (MiB) of a sandbox whose spec sets no memory limit.
+    pub default_memory_mib: u32,
+    /// Memory (MiB) added to a container's memory limit to size its VM: the
+    /// guest kernel and agent live outside the container's cgroup.
+    pub memory_overhead_mib: u32,
+    /// Seconds to wait for the guest agent after starting the VM.
+    pub boot_timeout_secs: u32,
+    /// Keep the guest kernel's messages and the agent's debug log on the
+    /// sandbox console (`console.log` in the sandbox directory).
+    pub debug_console: bool,
+}
+
+/// The QEMU backend.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Qemu {
+    /// The QEMU program: a path, or a name looked up in `PATH`.
+    pub path: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            hypervisor: Backend::Auto,
+            log_level: "warn".into(),
+            sandbox_root: DEFAULT_SANDBOX_ROOT.into(),
+            guest: Guest::default(),
+            qemu: Qemu::default(),
+        }
+    }
+}
+
+impl Default for Guest {
+    fn default() -> Self {
+        Self {
+            kernel: DEFAULT_KERNEL.into(),
+            image: DEFAULT_IMAGE.into(),
+            default_vcpus: 1,
+            max_vcpus: 4,
+            default_memory_mib: 256,
+            memory_overhead_mib: 128,
+            boot_timeout_secs: 60,
+            debug_console: false,
+        }
+    }
+}
+
+impl Default for Qemu {
+    fn default() -> Self {
+        Self {
+            path: "qemu-system-x86_64".into(),
+        }
+    }
+}
+
+impl Config {
+    /// The configuration from `explicit` (`--config`), else `$HUSK_CONFIG`,
+    /// else [`SYSTEM_CONFIG`] when it exists, else the defaults.
+    pub fn load(explicit: Option<&Path>) -> Result<Self, Error> {
+        if let Some(path) = explicit {
+            return Self::from_file(path);
+        }
+        if let Some(path) = std::env::var_os(CONFIG_ENV).filter(|p| !p.is_empty()) {
+            return Self::from_file(Path::new(&path));
+        }
+        let system = Path::new(SYSTEM_CONFIG);
+        if system.exists() {
+            return Self::from_file(system);
+        }
+        Ok(Self::default())
+    }
+
+    /// Reads and checks one file.
+    pub fn from_file(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|message| Error::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// Parses and checks TOML text; the error is one line.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let config: Config = toml::from_str(text).map_err(|e| one_line(&e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let g = &self.guest;
+        if g.default_vcpus == 0 || g.default_vcpus > MAX_VCPUS {
+            return Err(format!(
+                "guest.default_vcpus {} not in 1..={MAX_VCPUS}",
+                g.default_vcpus
+            ));
+        }
+        if g.max_vcpus < g.default_vcpus || g.max_vcpus > MAX_VCPUS {
+            return Err(format!(
+                "guest.max_vcpus {} not in {}..={MAX_VCPUS}",
+                g.max_vcpus, g.default_vcpus
+            ));
+        }
+        if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&g.default_memory_mib) {
+            return Err(format!(
+                "guest.default_memory_mib {} not in {MIN_MEMORY_MIB}..={MAX_MEMORY_MIB}",
+                g.default_memory_mib
+            ));
+        }
+        if !self.sandbox_root.is_absolute()
+            || self.sandbox_root.as_os_str().len() > MAX_SANDBOX_ROOT_LEN
+        {
+            return Err(format!(
+                "sandbox_root {} must be an absolute path of at most {MAX_SANDBOX_ROOT_LEN} bytes",
+                self.sandbox_root.display()
+            ));
+        }
+        if g.boot_timeout_secs == 0 {
+            return Err("guest.boot_timeout_secs must be at least 1".into());
+        }
+        if !matches!(
+            self.log_level.as_str(),
+            "error" | "warn" | "info" | "debug" | "trace"
+        ) {
+            return Err(format!(
+                "log_level {:?} is not one of error, warn, info, debug, trace",
+                self.log_level
+            ));
+        }
+        Ok(())
+    }
+
+    /// The VM size for a container with these OCI resources: the memory
+    /// limit plus the overhead (at least the default), and the CPU quota
+    /// rounded up to whole vCPUs (at least the default, at most the maximum).
+    pub fn vm_size(&self, resources: Option<&oci_spec::runtime::LinuxResources>) -> VmSize {
+        let g = &self.guest;
+        let mut size = VmSize {
+            vcpus: g.default_vcpus,
+            memory_mib: g.default_memory_mib,
+        };
+        let Some(resources) = resources else {
+            return size;
+        };
+        if let Some(limit) = resources.memory().as_ref().and_then(|m| m.limit()) {
+            if limit > 0 {
+                let limit_mib = u64::try_from(limit).unwrap_or(0).div_ceil(1 << 20);
+                let wanted = limit_mib.saturating_add(u64::from(g.memory_overhead_mib));
+                let wanted = wanted.clamp(u64::from(MIN_MEMORY_MIB), u64::from(MAX_MEMORY_MIB));
+                size.memory_mib = u32::try_from(wanted).unwrap_or(MAX_MEMORY_MIB);
+            }
+        }
+        if let Some(cpu) = resources.cpu() {
+            if let (Some(quota), Some(period)) = (cpu.quota(), cpu.period()) {
+                if quota > 0 && period > 0 {
+                    let cpus = u64::try_from(quota).unwrap_or(0).div_ceil(period);
+                    let cpus = cpus.clamp(1, u64::from(g.max_vcpus));
+                    size.vcpus = u8::try_from(cpus)
+                        .unwrap_or(g.max_vcpus)
+                        .max(g.default_vcpus);
+                }
+            }
+        }
+        size
+    }
+}
+
+/// How big a sandbox VM is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmSize {
+    /// vCPUs.
+    pub vcpus: u8,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+}
+
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.chars().all(|c| c == '|' || c == '^' || c == ' '))
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oci_spec::runtime::{LinuxCpuBuilder, LinuxMemoryBuilder, LinuxResourcesBuilder};
+
+    #[test]
+    fn the_documented_file_parses_to_the_defaults() {
+        let text = include_str!("../../configuration.toml");
+        assert_eq!(Config::parse(text).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn keys_override_defaults() {
+        let c = Config::parse(
+            "hypervisor = \"qemu\"\n[guest]\nkernel = \"/k\"\nimage = \"/i\"\n[qemu]\npath = \"/q\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.hypervisor, Backend::Qemu);
+        assert_eq!(c.guest.kernel, Path::new("/k"));
+        assert_eq!(c.guest.image, Path::new("/i"));
+        assert_eq!(c.qemu.path, Path::new("/q"));
+        assert_eq!(c.guest.default_vcpus, 1);
+    }
+
+    #[test]
+    fn bad_values_and_unknown_keys_are_named() {
+        let err = Config::parse("hypervisor = \"firecracker\"\n").unwrap_err();
+        assert!(err.contains("firecracker"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+        let err = Config::parse("kernal = \"/k\"\n").unwrap_err();
+        assert!(err.contains("kernal"), "{err}");
+        let err = Config::parse("[guest]\ndefault_vcpus = 0\n").unwrap_err();
+        assert!(err.contains("default_vcpus"), "{err}");
+        let err = Config::parse("log_level = \"loud\"\n").unwrap_err();
+        assert!(err.contains("loud"), "{err}");
+        let err = Config::parse("[guest\n").unwrap_err();
+        assert!(!err.is_empty());
+    }
+
+    #[test]
+    fn a_missing_explicit_file_is_an_error_naming_it() {
+        let err = Config::load(Some(Path::new("/nonexistent/husk.toml"))).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/husk.toml"));
+    }
+
+    #[test]
+    fn vm_size_follows_the_memory_limit_and_cpu_quota() {
+        let c = Config::default();
+        assert_eq!(
+            c.vm_size(None),
+            VmSize {
+                vcpus: 1,
+                memory_mib: 256
+            }
+        );
+        let r = LinuxResourcesBuilder::default()
+            .memory(
+                LinuxMemoryBuilder::default()
+                    .limit(512i64 << 20)
+                    .build()
+                    .unwrap(),
+            )
+            .cpu(
+                LinuxCpuBuilder::default()
+                    .quota(250_000i64)
+                    .period(100_000u64)
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        assert_eq!(
+            c.vm_size(Some(&r)),
+            VmSize {
+                vcpus: 3,
+                memory_mib: 640
+            }
+        );
+        // A small limit still gets the overhead; a huge quota is capped.
+        let r = LinuxResourcesBuilder::default()
+            .memory(
+                LinuxMemoryBuilder::default()
+                    .limit(64i64 << 20)
+                    .build()
+                    .unwrap(),
+            )
+            .cpu(
+                LinuxCpuBuilder::default()
+                    .quota(10_000_000i64)
+                    .period(100_000u64)
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        assert_eq!(
+            c.vm_size(Some(&r)),
+            VmSize {
+                vcpus: 4,
+                memory_mib: 192
+            }
+        );
+        // -1 is "unlimited" in OCI.
+        let r = LinuxResourcesBuilder::default()
+            .memory(LinuxMemoryBuilder::default().limit(-1i64).build().unwrap())
+            .build()
+            .unwrap();
+        assert_eq!(c.vm_size(Some(&r)).memory_mib, 256);
+    }
+}

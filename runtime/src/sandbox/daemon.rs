@@ -1,0 +1,235 @@
+//! The sandbox process: boots the VM, shares the container's files with it,
+//! creates the container through the agent, then holds all of that until
+//! `delete` asks it to end (SIGTERM), when it takes everything down again.
+//!
+//! It runs in the network namespace of the container's init proxy, which
+//! `create` made new, so whatever the OCI prestart and createRuntime hooks
+//! set up there (Docker's libnetwork does) is in place when the VM starts,
+//! and nothing they do touches the host's own namespace.
+
+use std::path::Path;
+use std::time::Duration;
+
+use husk_protocol::agent::*;
+use husk_protocol::agent_ttrpc::AgentServiceClient;
+use tokio::signal::unix::{signal, SignalKind};
+
+use super::proxy::{agent_message, ctx, INIT_EXEC_ID};
+use super::share::{self, Share};
+use super::spawn::Reporter;
+use crate::config::Config;
+use crate::hypervisor::{self, VmSpec};
+use crate::oci::bundle::Bundle;
+use crate::oci::guest_spec::{self, GUEST_SHARE, SHARE_TAG};
+use crate::sandbox_dir::SandboxDir;
+use crate::sandbox_vm::SandboxVm;
+use crate::store::Store;
+
+/// How long the VM gets to power off after the agent destroyed the sandbox.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long the agent gets to remove the container on shutdown.
+const REMOVE_TIMEOUT_SECS: u32 = 5;
+
+/// Runs the sandbox process of container `id`; returns its exit status.
+pub fn run(store: &Store, id: &str, config: &Config, mut reporter: Reporter) -> i32 {
+    let runtime = match super::runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            reporter.error(&format!("sandbox runtime: {e}"));
+            return 1;
+        }
+    };
+    runtime.block_on(async move {
+        // Registered before readiness so that a `delete` right after
+        // `create` is never lost.
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                reporter.error(&format!("signal handler: {e}"));
+                return 1;
+            }
+        };
+        let sandbox = match Sandbox::up(store, id, config).await {
+            Ok(sandbox) => sandbox,
+            Err(message) => {
+                tracing::error!(container = id, "{message}");
+                reporter.error(&message);
+                return 1;
+            }
+        };
+        reporter.ok();
+        let vm_pid = sandbox.vm.pid();
+        tokio::select! {
+            _ = term.recv() => tracing::info!(container = id, "stopping the sandbox"),
+            () = vm_ended(vm_pid) => tracing::warn!(container = id, "the VM ended by itself"),
+        }
+        sandbox.down(id).await;
+        0
+    })
+}
+
+/// A running sandbox: the VM with its agent, and the share's binds.
+struct Sandbox {
+    vm: SandboxVm,
+    share: Share,
+}
+
+impl Sandbox {
+    async fn up(store: &Store, id: &str, config: &Config) -> Result<Self, String> {
+        tracing::info!(
+            stage = "sandbox-process",
+            container = id,
+            "sandbox process started"
+        );
+        let record = store.load(id).map_err(|e| e.to_string())?;
+        let bundle = Bundle::load(&record.bundle).map_err(|e| e.to_string())?;
+        let guest =
+            guest_spec::translate(&bundle.spec, id, &bundle.rootfs).map_err(|e| e.to_string())?;
+        let resources = bundle
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().as_ref());
+        let size = config.vm_size(resources);
+        let dir = sandbox_dir_of(&record.sandbox_dir).map_err(|e| e.to_string())?;
+        let (backend, _) = config
+            .hypervisor
+            .resolve(&husk_vmm::machine::HostCheck::run());
+        let mut kernel_args = Vec::new();
+        if config.guest.debug_console {
+            kernel_args.push("loglevel=7".to_owned());
+        }
+        let spec = VmSpec {
+            vcpus: size.vcpus,
+            memory_mib: size.memory_mib,
+            kernel: config.guest.kernel.clone(),
+            initrd: config.guest.image.clone(),
+            kernel_args,
+            sandbox: dir,
+        };
+        let hv = hypervisor::new_hypervisor(backend, &config.qemu.path);
+        let timeout = Duration::from_secs(config.guest.boot_timeout_secs.into());
+        let vm = SandboxVm::boot(hv, spec, timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        let share = match Share::mount(&vm.dir().shared_dir(), &guest.binds) {
+            Ok(share) => share,
+            Err(e) => {
+                let _ = vm.shutdown(Duration::ZERO).await;
+                return Err(e.to_string());
+            }
+        };
+        let sandbox = Self { vm, share };
+        if let Err(message) = sandbox.create_container(id, &bundle, &guest).await {
+            sandbox.down(id).await;
+            return Err(message);
+        }
+        tracing::info!(
+            stage = "container-created",
+            container = id,
+            "container created"
+        );
+        Ok(sandbox)
+    }
+
+    async fn create_container(
+        &self,
+        id: &str,
+        bundle: &Bundle,
+        guest: &guest_spec::GuestSpec,
+    ) -> Result<(), String> {
+        let agent: &AgentServiceClient = self.vm.agent();
+        let storage = Storage {
+            driver: "virtiofs".into(),
+            source: SHARE_TAG.into(),
+            mount_point: GUEST_SHARE.into(),
+            ..Default::default()
+        };
+        agent
+            .create_sandbox(
+                ctx(),
+                &CreateSandboxRequest {
+                    hostname: bundle.spec.hostname().clone().unwrap_or_default(),
+                    storages: vec![storage],
+                    sandbox_id: id.into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| format!("creating the sandbox in the guest: {}", agent_message(&e)))?;
+        let spec_json = serde_json::to_string(&guest.spec).map_err(|e| e.to_string())?;
+        agent
+            .create_container(
+                ctx(),
+                &CreateContainerRequest {
+                    container_id: id.into(),
+                    exec_id: INIT_EXEC_ID.into(),
+                    spec_json,
+                    rootfs: guest.rootfs.clone(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| format!("creating the container in the guest: {}", agent_message(&e)))?;
+        Ok(())
+    }
+
+    /// Removes the container, unmounts the share, stops the VM and removes
+    /// the sandbox directory — in that order, so that no process in the
+    /// guest sees its files vanish and nothing under a bind is ever deleted.
+    async fn down(mut self, id: &str) {
+        let removed = self
+            .vm
+            .agent()
+            .remove_container(
+                ctx(),
+                &RemoveContainerRequest {
+                    container_id: id.into(),
+                    timeout_secs: REMOVE_TIMEOUT_SECS,
+                    ..Default::default()
+                },
+            )
+            .await;
+        if let Err(e) = removed {
+            tracing::debug!(
+                container = id,
+                "removing the container: {}",
+                agent_message(&e)
+            );
+        }
+        self.share.unmount();
+        let dir = self.vm.dir().path().to_owned();
+        share::unmount_all_under(&dir);
+        if share::has_mounts_under(&dir) {
+            // Never let the directory's removal reach into a host path.
+            tracing::error!(container = id, dir = %dir.display(), "binds still mounted; keeping the sandbox directory");
+            std::mem::forget(self.vm);
+            return;
+        }
+        if let Err(e) = self.vm.shutdown(SHUTDOWN_GRACE).await {
+            tracing::warn!(container = id, "stopping the VM: {e}");
+        }
+    }
+}
+
+/// The [`SandboxDir`] at `path` (`<parent>/<name>`).
+pub fn sandbox_dir_of(path: &Path) -> Result<SandboxDir, crate::sandbox_dir::Error> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    SandboxDir::new(path.parent().unwrap_or(Path::new("/")), name)
+}
+
+/// Resolves once the VM's host process has ended; never for an in-process VM.
+async fn vm_ended(pid: Option<u32>) {
+    let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) else {
+        return std::future::pending().await;
+    };
+    let Some(process) = crate::host_process::HostProcess::of(pid) else {
+        return;
+    };
+    while process.is_alive() {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

@@ -1,0 +1,777 @@
+//! The runc-compatible CLI end to end: the real `husk` binary, a busybox
+//! bundle, and a microVM (QEMU here; the same code runs the builtin VMM).
+//!
+//! The test process is a child subreaper, as containerd's shim is, so the
+//! init and exec proxies `create`/`exec --detach` leave behind become its
+//! children and their exit statuses can be read the way the shim reads them.
+
+use std::io::{IoSliceMut, Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use husk_tests::guest::{self, GuestArtifacts};
+use husk_tests::rootfs;
+use oci_spec::runtime::Spec;
+
+fn artifacts() -> &'static GuestArtifacts {
+    static ARTIFACTS: OnceLock<GuestArtifacts> = OnceLock::new();
+    ARTIFACTS.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap().keep();
+        guest::artifacts(&dir).unwrap_or_else(|e| panic!("guest artifacts: {e}"))
+    })
+}
+
+fn become_subreaper() {
+    // SAFETY: prctl with integer arguments only.
+    assert_eq!(
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) },
+        0
+    );
+}
+
+/// One test's world: a state root, a sandbox root, a configuration, a log.
+struct World {
+    tmp: tempfile::TempDir,
+    root: PathBuf,
+    sandboxes: PathBuf,
+    config: PathBuf,
+    log: PathBuf,
+}
+
+impl World {
+    fn new() -> Self {
+        become_subreaper();
+        let a = artifacts();
+        // A short path: sandbox sockets live under it.
+        let tmp = tempfile::Builder::new()
+            .prefix("hk")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let sandboxes = tmp.path().join("vm");
+        let config = tmp.path().join("husk.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "hypervisor = \"qemu\"\nsandbox_root = \"{}\"\n[guest]\nkernel = \"{}\"\nimage = \"{}\"\nboot_timeout_secs = 120\n",
+                sandboxes.display(),
+                a.kernel.display(),
+                a.initrd.display()
+            ),
+        )
+        .unwrap();
+        Self {
+            root: tmp.path().join("root"),
+            log: tmp.path().join("log.json"),
+            sandboxes,
+            config,
+            tmp,
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_husk"));
+        c.arg("--root")
+            .arg(&self.root)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--log")
+            .arg(&self.log)
+            .arg("--log-format")
+            .arg("json")
+            .args(args);
+        c
+    }
+
+    /// Runs husk to completion. Its output goes through files, not pipes:
+    /// the proxies `create` leaves behind inherit its stdio and would hold
+    /// pipes open for as long as their container lives.
+    fn husk(&self, args: &[&str]) -> Output {
+        let out = tempfile::tempfile().unwrap();
+        let err = tempfile::tempfile().unwrap();
+        let status = self
+            .command(args)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(err.try_clone().unwrap())
+            .status()
+            .unwrap();
+        let read = |mut f: std::fs::File| {
+            use std::io::Seek;
+            let mut v = Vec::new();
+            f.seek(std::io::SeekFrom::Start(0)).unwrap();
+            f.read_to_end(&mut v).unwrap();
+            v
+        };
+        Output {
+            status,
+            stdout: read(out),
+            stderr: read(err),
+        }
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.husk(args);
+        assert!(
+            out.status.success(),
+            "husk {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A busybox bundle whose process runs `args`.
+    fn bundle(&self, name: &str, args: &[&str], tweak: impl FnOnce(&mut Spec)) -> PathBuf {
+        let dir = self.tmp.path().join(name);
+        rootfs::busybox(&dir.join("rootfs")).unwrap();
+        let mut spec = Spec::default();
+        let mut process = spec.process().clone().unwrap();
+        process.set_args(Some(args.iter().map(|s| s.to_string()).collect()));
+        process.set_terminal(Some(false));
+        process.set_env(Some(vec!["PATH=/bin".into(), "HOME=/root".into()]));
+        spec.set_process(Some(process));
+        let mut root = spec.root().clone().unwrap();
+        root.set_readonly(Some(false));
+        spec.set_root(Some(root));
+        tweak(&mut spec);
+        spec.save(dir.join("config.json")).unwrap();
+        dir
+    }
+
+    fn state(&self, id: &str) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["state", id])).unwrap()
+    }
+
+    /// `husk run --detach`; returns the init proxy's pid.
+    fn run_detached(&self, bundle: &Path, id: &str) -> i32 {
+        let pid_file = self.tmp.path().join(format!("{id}.pid"));
+        self.ok(&[
+            "run",
+            "--detach",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+            id,
+        ]);
+        std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// The sandbox directory and process `create` recorded for `id`.
+    fn record(&self, id: &str) -> serde_json::Value {
+        let text = std::fs::read_to_string(self.root.join(id).join("state.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// Nothing of any container is left: state, sandbox dirs, mounts.
+    fn assert_clean(&self) {
+        let left = |dir: &Path| std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
+        assert_eq!(
+            left(&self.root),
+            0,
+            "state left under {}",
+            self.root.display()
+        );
+        assert_eq!(
+            left(&self.sandboxes),
+            0,
+            "sandbox dirs left under {}",
+            self.sandboxes.display()
+        );
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let prefix = self.tmp.path().to_str().unwrap();
+        assert!(!mounts.contains(prefix), "mounts left under {prefix}");
+    }
+}
+
+impl Drop for World {
+    /// A failed test must not leave VMs behind, nor let the temporary
+    /// directory's removal reach through a sandbox's binds.
+    fn drop(&mut self) {
+        let ids = std::fs::read_dir(&self.root)
+            .map(|d| d.count())
+            .unwrap_or(0);
+        if ids > 0 {
+            for id in self.ok(&["list", "-q"]).lines() {
+                let _ = self.husk(&["delete", "--force", id]);
+            }
+        }
+    }
+}
+
+/// Waits for our (adopted) child `pid`; its exit status the shell way.
+fn wait_pid(pid: i32, timeout: Duration) -> i32 {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let deadline = Instant::now() + timeout;
+    loop {
+        match waitpid(nix::unistd::Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)).unwrap() {
+            WaitStatus::Exited(_, code) => return code,
+            WaitStatus::Signaled(_, sig, _) => return 128 + sig as i32,
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "pid {pid} did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn process_alive(pid: i64) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    !matches!(
+        stat.rsplit_once(") ").map(|(_, r)| &r[..1]),
+        Some("Z") | Some("X")
+    )
+}
+
+fn wait_for_file(path: &Path, needle: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{needle:?} never appeared in {}: {text:?}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_container_goes_through_every_verb() {
+    let w = World::new();
+    let bundle = w.bundle(
+        "b",
+        &[
+            "sh",
+            "-c",
+            "trap 'echo got-usr1' USR1; echo started; while :; do sleep 0.1; done",
+        ],
+        |_| {},
+    );
+    let out_path = w.tmp.path().join("out");
+    let pid_file = w.tmp.path().join("pid");
+    let status = w
+        .command(&[
+            "create",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+            "c1",
+        ])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(Stdio::inherit())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let state = w.state("c1");
+    assert_eq!(state["status"], "created");
+    assert_eq!(state["pid"], pid);
+    assert_eq!(state["bundle"], bundle.to_str().unwrap());
+    assert!(process_alive(pid.into()));
+    let sandbox_dir = PathBuf::from(w.record("c1")["sandbox_dir"].as_str().unwrap());
+    let daemon = w.record("c1")["sandbox"]["pid"].as_i64().unwrap();
+    assert!(sandbox_dir.join("vsock.sock").exists());
+
+    // Duplicate ids are refused while it exists.
+    let dup = w.husk(&["create", "--bundle", bundle.to_str().unwrap(), "c1"]);
+    assert!(!dup.status.success());
+    assert!(String::from_utf8_lossy(&dup.stderr).contains("already exists"));
+
+    w.ok(&["start", "c1"]);
+    assert_eq!(w.state("c1")["status"], "running");
+    wait_for_file(&out_path, "started", Duration::from_secs(60));
+
+    // exec: output and exit code, attached; then detached with a pid file.
+    let exec = w.husk(&["exec", "c1", "sh", "-c", "echo in-exec; exit 4"]);
+    assert_eq!(exec.status.code(), Some(4));
+    assert_eq!(String::from_utf8_lossy(&exec.stdout), "in-exec\n");
+    let exec_pid_file = w.tmp.path().join("exec.pid");
+    w.ok(&[
+        "exec",
+        "--detach",
+        "--pid-file",
+        exec_pid_file.to_str().unwrap(),
+        "c1",
+        "sh",
+        "-c",
+        "exit 6",
+    ]);
+    let exec_pid: i32 = std::fs::read_to_string(&exec_pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(wait_pid(exec_pid, Duration::from_secs(60)), 6);
+
+    // kill reaches the trap; ps lists guest processes.
+    w.ok(&["kill", "c1", "USR1"]);
+    wait_for_file(&out_path, "got-usr1", Duration::from_secs(30));
+    let ps: Vec<i32> = serde_json::from_str(&w.ok(&["ps", "--format", "json", "c1"])).unwrap();
+    assert!(!ps.is_empty());
+
+    // pause and resume; update and stats.
+    w.ok(&["pause", "c1"]);
+    assert_eq!(w.state("c1")["status"], "paused");
+    assert!(!w.husk(&["pause", "c1"]).status.success(), "pausing twice");
+    w.ok(&["resume", "c1"]);
+    assert_eq!(w.state("c1")["status"], "running");
+    w.ok(&["update", "--memory", "100m", "--pids-limit", "50", "c1"]);
+    let stats: serde_json::Value =
+        serde_json::from_str(&w.ok(&["events", "--stats", "c1"])).unwrap();
+    assert_eq!(stats["type"], "stats");
+    assert_eq!(stats["data"]["memory"]["usage"]["limit"], 100u64 << 20);
+    assert_eq!(stats["data"]["pids"]["limit"], 50);
+    assert!(stats["data"]["memory"]["usage"]["usage"].as_u64().unwrap() > 0);
+
+    let list: serde_json::Value =
+        serde_json::from_str(&w.ok(&["list", "--format", "json"])).unwrap();
+    assert_eq!(list[0]["id"], "c1");
+    assert_eq!(w.ok(&["list", "-q"]), "c1\n");
+
+    // A running container is not deleted without --force.
+    let del = w.husk(&["delete", "c1"]);
+    assert!(!del.status.success());
+    assert!(String::from_utf8_lossy(&del.stderr).contains("running"));
+
+    // SIGKILL ends it (a shell as PID 1 ignores an untrapped TERM, as
+    // under runc): the proxy exits with the guest's status.
+    w.ok(&["kill", "c1", "KILL"]);
+    assert_eq!(wait_pid(pid, Duration::from_secs(60)), 137);
+    let state = w.state("c1");
+    assert_eq!(state["status"], "stopped");
+    assert_eq!(state["pid"], 0);
+    assert!(
+        !w.husk(&["start", "c1"]).status.success(),
+        "starting a stopped container"
+    );
+
+    w.ok(&["delete", "c1"]);
+    assert!(!sandbox_dir.exists());
+    assert!(!process_alive(daemon), "sandbox process left");
+    w.assert_clean();
+}
+
+#[test]
+fn run_carries_stdio_and_the_exit_code() {
+    let w = World::new();
+    let bundle = w.bundle(
+        "b",
+        &[
+            "sh",
+            "-c",
+            "read line; echo out-$line; echo err >&2; exit 3",
+        ],
+        |_| {},
+    );
+    let mut child = w
+        .command(&["run", "--bundle", bundle.to_str().unwrap(), "r1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"hello\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out-hello\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+    w.assert_clean();
+}
+
+/// Receives the pty master `create` sends over the console socket.
+fn receive_master(listener: &UnixListener) -> std::fs::File {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let (stream, _) = listener.accept().unwrap();
+    let mut buf = [0u8; 64];
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<()>(
+        stream.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::empty(),
+    )
+    .unwrap();
+    for cmsg in msg.cmsgs().unwrap() {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            // SAFETY: the fd just arrived and is ours alone.
+            return std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fds[0]) });
+        }
+    }
+    panic!("no fd received");
+}
+
+fn read_until(master: &mut std::fs::File, needle: &str, seen: &mut String) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut buf = [0u8; 1024];
+    while !seen.contains(needle) {
+        assert!(Instant::now() < deadline, "{needle:?} not seen in {seen:?}");
+        match master.read(&mut buf) {
+            Ok(0) => panic!("terminal closed before {needle:?}: {seen:?}"),
+            Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+            Err(e) => panic!("reading the terminal: {e}"),
+        }
+    }
+}
+
+#[test]
+fn a_terminal_goes_through_the_console_socket_and_resizes() {
+    let w = World::new();
+    let bundle = w.bundle("b", &["sh"], |spec| {
+        let mut p = spec.process().clone().unwrap();
+        p.set_terminal(Some(true));
+        spec.set_process(Some(p));
+    });
+    let socket_path = w.tmp.path().join("console.sock");
+    let listener = UnixListener::bind(&socket_path).unwrap();
+    let pid_file = w.tmp.path().join("pid");
+    let receiver = std::thread::spawn(move || receive_master(&listener));
+    w.ok(&[
+        "create",
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--console-socket",
+        socket_path.to_str().unwrap(),
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        "t1",
+    ]);
+    let mut master = receiver.join().unwrap();
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    w.ok(&["start", "t1"]);
+    let mut seen = String::new();
+    master.write_all(b"echo typed-$((1+1))\n").unwrap();
+    read_until(&mut master, "typed-2", &mut seen);
+
+    let size = nix::pty::Winsize {
+        ws_row: 40,
+        ws_col: 132,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one Winsize.
+    assert_eq!(
+        unsafe {
+            libc::ioctl(
+                std::os::fd::AsRawFd::as_raw_fd(&master),
+                libc::TIOCSWINSZ,
+                &size,
+            )
+        },
+        0
+    );
+    // The resize travels as SIGWINCH to the proxy, then to the guest.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        seen.clear();
+        master.write_all(b"stty size\n").unwrap();
+        read_until(&mut master, "\n", &mut seen);
+        read_until(&mut master, "# ", &mut seen);
+        if seen.contains("40 132") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "size never reached the guest: {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    master.write_all(b"exit 5\n").unwrap();
+    assert_eq!(wait_pid(pid, Duration::from_secs(60)), 5);
+    w.ok(&["delete", "t1"]);
+    w.assert_clean();
+}
+
+#[test]
+fn hooks_run_on_the_host_in_order_with_the_state() {
+    let w = World::new();
+    let log = w.tmp.path().join("hooks.log");
+    let hook = |name: &str| {
+        serde_json::json!({
+            "path": "/bin/sh",
+            "args": ["sh", "-c", format!("read -r state; echo \"{name} $state\" >> {}", log.display())],
+        })
+    };
+    let bundle = w.bundle("b", &["true"], |_| {});
+    let config = bundle.join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    spec["hooks"] = serde_json::json!({
+        "prestart": [hook("prestart")],
+        "createRuntime": [hook("createRuntime")],
+        "poststart": [hook("poststart")],
+        "poststop": [hook("poststop")],
+    });
+    std::fs::write(&config, spec.to_string()).unwrap();
+    let pid_file = w.tmp.path().join("pid");
+    w.ok(&[
+        "create",
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        "h1",
+    ]);
+    let pid: i64 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    w.ok(&["start", "h1"]);
+    wait_pid(pid as i32, Duration::from_secs(60));
+    w.ok(&["delete", "h1"]);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<(&str, serde_json::Value)> = text
+        .lines()
+        .map(|l| {
+            let (name, json) = l.split_once(' ').unwrap();
+            (name, serde_json::from_str(json).unwrap())
+        })
+        .collect();
+    let names: Vec<&str> = lines.iter().map(|(n, _)| *n).collect();
+    assert_eq!(
+        names,
+        ["prestart", "createRuntime", "poststart", "poststop"]
+    );
+    assert_eq!(lines[0].1["pid"], pid, "hooks see the init proxy's pid");
+    assert_eq!(lines[0].1["status"], "creating");
+    assert_eq!(lines[0].1["id"], "h1");
+    assert_eq!(lines[3].1["status"], "stopped");
+    w.assert_clean();
+}
+
+/// Every bad input: a non-zero exit, one line on stderr, an error entry in
+/// the JSON log, and nothing left behind.
+#[test]
+fn bad_input_is_one_clear_line_and_leaves_nothing() {
+    let w = World::new();
+    let good = w.bundle("good", &["true"], |_| {});
+    let good = good.to_str().unwrap();
+    let malformed = w.tmp.path().join("malformed");
+    std::fs::create_dir_all(malformed.join("rootfs")).unwrap();
+    std::fs::write(malformed.join("config.json"), "{\"ociVersion\": ").unwrap();
+    let no_rootfs = w.tmp.path().join("norootfs");
+    std::fs::create_dir_all(&no_rootfs).unwrap();
+    std::fs::copy(
+        Path::new(good).join("config.json"),
+        no_rootfs.join("config.json"),
+    )
+    .unwrap();
+    let failing_hook = w.bundle("hook", &["true"], |_| {});
+    let config = failing_hook.join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    spec["hooks"] = serde_json::json!({"prestart": [{"path": "/bin/sh", "args": ["sh", "-c", "echo no network >&2; exit 1"]}]});
+    std::fs::write(&config, spec.to_string()).unwrap();
+    let bad_hv = w.tmp.path().join("bad-hv.toml");
+    std::fs::write(&bad_hv, "hypervisor = \"firecracker\"\n").unwrap();
+    let no_kernel = w.tmp.path().join("no-kernel.toml");
+    std::fs::write(
+        &no_kernel,
+        format!(
+            "[guest]\nkernel = \"/nonexistent/vmlinux\"\nimage = \"{}\"\n",
+            artifacts().initrd.display()
+        ),
+    )
+    .unwrap();
+
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["create", "--bundle", malformed.to_str().unwrap(), "x1"],
+            "config.json",
+        ),
+        (
+            vec!["create", "--bundle", "/nonexistent/bundle", "x2"],
+            "/nonexistent/bundle",
+        ),
+        (
+            vec!["create", "--bundle", no_rootfs.to_str().unwrap(), "x3"],
+            "rootfs",
+        ),
+        (
+            vec!["create", "--bundle", good, "../evil"],
+            "invalid container id",
+        ),
+        (
+            vec!["create", "--bundle", failing_hook.to_str().unwrap(), "x4"],
+            "no network",
+        ),
+        (vec!["state", "nosuch"], "does not exist"),
+        (vec!["start", "nosuch"], "does not exist"),
+        (vec!["kill", "nosuch", "TERM"], "does not exist"),
+        (vec!["delete", "nosuch"], "does not exist"),
+        (vec!["kill", "nosuch", "SIGNOPE"], "invalid signal"),
+        (
+            vec![
+                "--config",
+                bad_hv.to_str().unwrap(),
+                "create",
+                "--bundle",
+                good,
+                "x5",
+            ],
+            "firecracker",
+        ),
+        (
+            vec![
+                "--config",
+                no_kernel.to_str().unwrap(),
+                "create",
+                "--bundle",
+                good,
+                "x6",
+            ],
+            "/nonexistent/vmlinux",
+        ),
+        (
+            vec![
+                "--config",
+                "/nonexistent/husk.toml",
+                "create",
+                "--bundle",
+                good,
+                "x7",
+            ],
+            "/nonexistent/husk.toml",
+        ),
+    ];
+    for (args, needle) in cases {
+        let _ = std::fs::remove_file(&w.log);
+        let out = w.husk(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert_eq!(
+            stderr.lines().count(),
+            1,
+            "{args:?}: not one line: {stderr:?}"
+        );
+        assert!(
+            stderr.contains(needle),
+            "{args:?}: {stderr:?} does not name {needle:?}"
+        );
+        let log = std::fs::read_to_string(&w.log).unwrap_or_default();
+        let entry: serde_json::Value = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .rfind(|e| e["level"] == "error")
+            .unwrap_or_else(|| panic!("{args:?}: no error in the JSON log: {log:?}"));
+        assert!(
+            entry["msg"].as_str().unwrap().contains(needle),
+            "{args:?}: {entry}"
+        );
+        assert!(entry["time"].is_string());
+        w.assert_clean();
+    }
+}
+
+#[test]
+fn delete_force_takes_down_a_running_container() {
+    let w = World::new();
+    let bundle = w.bundle(
+        "b",
+        &["sh", "-c", "trap '' TERM; while :; do sleep 1; done"],
+        |_| {},
+    );
+    let pid = w.run_detached(&bundle, "f1");
+    assert_eq!(w.state("f1")["status"], "running");
+    w.ok(&["delete", "--force", "f1"]);
+    assert_eq!(wait_pid(pid, Duration::from_secs(30)), 137);
+    w.assert_clean();
+}
+
+#[test]
+fn delete_cleans_up_after_a_killed_sandbox_process() {
+    let w = World::new();
+    let bundle = w.bundle("b", &["sh", "-c", "while :; do sleep 1; done"], |_| {});
+    let pid = w.run_detached(&bundle, "k1");
+    let record = w.record("k1");
+    let daemon = record["sandbox"]["pid"].as_i64().unwrap();
+    let sandbox_dir = record["sandbox_dir"].as_str().unwrap().to_owned();
+    // SAFETY: kill(2) of the sandbox process this test started.
+    assert_eq!(unsafe { libc::kill(daemon as i32, libc::SIGKILL) }, 0);
+    // Its VM (and with it the container) lives on until delete.
+    w.ok(&["delete", "--force", "k1"]);
+    wait_pid(pid, Duration::from_secs(30));
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).into_owned())
+        .filter(|c| c.contains(&sandbox_dir))
+        .collect();
+    assert!(left.is_empty(), "processes left on the sandbox: {left:?}");
+    w.assert_clean();
+}
+
+#[test]
+fn check_version_features_and_spec_answer_like_runc() {
+    let w = World::new();
+    // This host's KVM cannot run Linux guests: QEMU is usable, and
+    // `check` says why auto would not pick builtin.
+    let check = w.husk(&["check"]);
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert_eq!(check.status.code(), Some(0), "{text}");
+    let json: serde_json::Value =
+        serde_json::from_str(&w.ok(&["check", "--format", "json"])).unwrap();
+    assert!(json.is_object());
+    let no_kernel = w.tmp.path().join("no-kernel.toml");
+    std::fs::write(
+        &no_kernel,
+        "hypervisor = \"qemu\"\n[guest]\nkernel = \"/nonexistent/vmlinux\"\n",
+    )
+    .unwrap();
+    let check = w.husk(&["--config", no_kernel.to_str().unwrap(), "check"]);
+    assert_eq!(check.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&check.stdout).contains("/nonexistent/vmlinux"));
+
+    let version = w.ok(&["--version"]);
+    assert!(version.starts_with("husk version "), "{version}");
+    assert!(version.contains("spec: 1.2.0"), "{version}");
+
+    let features: serde_json::Value = serde_json::from_str(&w.ok(&["features"])).unwrap();
+    assert_eq!(features["ociVersionMax"], "1.2.0");
+    assert!(features["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|h| h == "prestart"));
+
+    let dir = w.tmp.path().join("spec");
+    std::fs::create_dir(&dir).unwrap();
+    w.ok(&["spec", "--bundle", dir.to_str().unwrap()]);
+    let spec = Spec::load(dir.join("config.json")).unwrap();
+    assert_eq!(spec.root().as_ref().unwrap().path(), Path::new("rootfs"));
+    let again = w.husk(&["spec", "--bundle", dir.to_str().unwrap()]);
+    assert!(
+        !again.status.success(),
+        "spec must not overwrite config.json"
+    );
+}
