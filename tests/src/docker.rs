@@ -1,0 +1,770 @@
+//! A private Docker for end-to-end tests: its own containerd and dockerd
+//! (Debian's `containerd` and `docker.io`) on sockets and directories under
+//! one temporary directory, never the system's daemons.
+//!
+//! [`DockerDaemon::start`] registers the runtimes under test in the daemon's
+//! `daemon.json`; [`DockerDaemon::docker`] runs the Docker CLI against it
+//! with a deadline; [`DockerDaemon::shutdown`] (or dropping it, also on a
+//! failed test) removes every container, stops both daemons by PID, reports
+//! what was left behind, and then removes that too.
+
+pub mod husk;
+pub mod leftovers;
+pub mod pty;
+pub mod timed;
+
+use std::fmt;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use sha2::{Digest, Sha256};
+
+use crate::rootfs;
+
+/// The Docker CLI of Debian's docker.io (not whatever else is on PATH).
+pub const DOCKER: &str = "/usr/bin/docker";
+/// Debian's dockerd.
+pub const DOCKERD: &str = "/usr/sbin/dockerd";
+/// Debian's containerd.
+pub const CONTAINERD: &str = "/usr/bin/containerd";
+/// What the daemons need besides themselves: containerd's runc shim and runc.
+const HELPERS: [&str; 2] = ["/usr/bin/containerd-shim-runc-v2", "/usr/sbin/runc"];
+/// The Debian packages that provide all of the above.
+pub const PACKAGES: [&str; 2] = ["docker.io", "containerd"];
+
+/// How long one Docker CLI command may take by default. Generous: under
+/// husk on TCG each container boots a VM.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long each daemon may take to start answering.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// dockerd's own limit for stopping containers when it shuts down.
+const SHUTDOWN_TIMEOUT_SECS: u32 = 5;
+/// How long each daemon gets between SIGTERM and SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long teardown's `docker rm -f` of what a failed test left running
+/// may take before the daemons are stopped regardless.
+const REMOVE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Where husk keeps its per-sandbox state by default, and how deep below it
+/// a directory named by a container ID may sit (`vm/<sandbox>/shared/<id>`).
+const HUSK_RUN_DIR: &str = "/run/husk";
+const HUSK_RUN_DEPTH: usize = 4;
+/// How long processes left by the daemons (shims) get to exit by themselves
+/// before they count as leftovers.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The containerd namespace dockerd uses for containers.
+const NAMESPACE: &str = "moby";
+
+/// One test process runs one private Docker at a time: the leftover checks
+/// of one must not see another's containers.
+static SERIAL: Mutex<()> = Mutex::new(());
+/// Tells apart the cgroup parents of successive daemons in one process.
+static SEQUENCE: AtomicUsize = AtomicUsize::new(0);
+
+/// An OCI runtime registered in `daemon.json`, used with `--runtime=<name>`.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    /// The name `docker run --runtime` takes.
+    pub name: String,
+    /// The runtime binary.
+    pub path: PathBuf,
+    /// Arguments dockerd puts before the runc-style global flags and verb.
+    pub args: Vec<String>,
+}
+
+/// What a daemon's teardown found left behind, before it removed it.
+#[derive(Debug, Default)]
+pub struct Leftovers {
+    /// Processes that still mention the daemons' directory, cgroup or
+    /// containers (shims, runtimes, VMs, container processes).
+    pub processes: Vec<leftovers::Process>,
+    /// Mount points under the daemons' directory or of a container.
+    pub mounts: Vec<PathBuf>,
+    /// Runtime state directories, shim sockets and container cgroups of
+    /// removed containers, and anything teardown could not remove.
+    pub paths: Vec<PathBuf>,
+}
+
+impl Leftovers {
+    /// True when nothing was left.
+    pub fn is_empty(&self) -> bool {
+        self.processes.is_empty() && self.mounts.is_empty() && self.paths.is_empty()
+    }
+}
+
+impl fmt::Display for Leftovers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for p in &self.processes {
+            writeln!(f, "process {p}")?;
+        }
+        for m in &self.mounts {
+            writeln!(f, "mount {}", m.display())?;
+        }
+        for p in &self.paths {
+            writeln!(f, "path {}", p.display())?;
+        }
+        Ok(())
+    }
+}
+
+/// A running private containerd + dockerd pair.
+pub struct DockerDaemon {
+    root: PathBuf,
+    cgroup_parent: String,
+    containerd: Option<Child>,
+    dockerd: Option<Child>,
+    /// Directories outside `root` that the daemons create on first use
+    /// (plugin and shim socket directories) and that did not exist before.
+    host_dirs: Vec<PathBuf>,
+    cidfiles: AtomicUsize,
+    torn_down: bool,
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl DockerDaemon {
+    /// Installs Docker if missing, then starts containerd and dockerd with
+    /// `runtimes` registered besides the built-in `runc`. Fails with the
+    /// daemons' log tails if either does not come up.
+    pub fn start(runtimes: &[Runtime]) -> Result<Self> {
+        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        ensure_installed()?;
+        let root = tempfile::Builder::new()
+            .prefix("husk-dk-")
+            .tempdir()
+            .context("creating the daemons' directory")?
+            .keep();
+        let host_dirs = [
+            "/run/containerd",
+            "/run/containerd/s",
+            "/run/docker",
+            "/run/docker/plugins",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .filter(|p| !p.exists())
+        .collect();
+        let mut daemon = Self {
+            cgroup_parent: format!(
+                "husk-dk-{}-{}",
+                std::process::id(),
+                SEQUENCE.fetch_add(1, Ordering::Relaxed)
+            ),
+            root,
+            containerd: None,
+            dockerd: None,
+            host_dirs,
+            cidfiles: AtomicUsize::new(0),
+            torn_down: false,
+            _serial: serial,
+        };
+        // From here on, an error drops `daemon`, which tears down what started.
+        std::fs::create_dir(daemon.cidfile_dir())?;
+        daemon.start_containerd()?;
+        daemon.start_dockerd(runtimes)?;
+        Ok(daemon)
+    }
+
+    /// The daemons' private directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The cgroup parent of every container (`--cgroup-parent`).
+    pub fn cgroup_parent(&self) -> &str {
+        &self.cgroup_parent
+    }
+
+    /// The Docker CLI, pointed at this daemon, stdin from /dev/null.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(DOCKER);
+        cmd.env(
+            "DOCKER_HOST",
+            format!("unix://{}", self.docker_socket().display()),
+        )
+        .env("DOCKER_CONFIG", self.root.join("cli"))
+        .env_remove("DOCKER_CONTEXT")
+        .env_remove("DOCKER_TLS_VERIFY")
+        .env_remove("DOCKER_CERT_PATH")
+        .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs `docker <args>` with [`COMMAND_TIMEOUT`]; panics (naming the
+    /// command and what it printed) if it hangs.
+    pub fn docker(&self, args: &[&str]) -> Output {
+        self.docker_timeout(args, COMMAND_TIMEOUT)
+    }
+
+    /// [`DockerDaemon::docker`] with its own deadline.
+    pub fn docker_timeout(&self, args: &[&str], timeout: Duration) -> Output {
+        match timed::output(self.command().args(args), timeout) {
+            Ok(Ok(out)) => out,
+            Ok(Err(hung)) => panic!(
+                "`docker {}` did not finish within {timeout:?}\nstdout: {}\nstderr: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&hung.partial.stdout),
+                String::from_utf8_lossy(&hung.partial.stderr)
+            ),
+            Err(e) => panic!("cannot run {DOCKER}: {e}"),
+        }
+    }
+
+    /// `docker run <args>` with a `--cidfile`, so teardown knows the
+    /// container's ID (and checks for its leftovers) even after `--rm`.
+    pub fn run(&self, args: &[&str]) -> Output {
+        let cidfile = self.cidfile();
+        let cidfile = cidfile.to_string_lossy();
+        let mut all = vec!["run", "--cidfile", &cidfile];
+        all.extend_from_slice(args);
+        self.docker(&all)
+    }
+
+    /// A fresh path for `docker run --cidfile`; teardown reads them all.
+    pub fn cidfile(&self) -> PathBuf {
+        let n = self.cidfiles.fetch_add(1, Ordering::Relaxed);
+        self.cidfile_dir().join(format!("{n}.cid"))
+    }
+
+    /// The IDs of the containers created through [`DockerDaemon::run`] or
+    /// a [`DockerDaemon::cidfile`].
+    pub fn container_ids(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.cidfile_dir()) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .map(|id| id.trim().to_owned())
+            .filter(|id| !id.is_empty())
+            .collect()
+    }
+
+    /// Imports a busybox root file system (tests/src/rootfs.rs) as image
+    /// `tag` with `docker import`.
+    pub fn import_busybox(&self, tag: &str) -> Result<()> {
+        let dir = self.root.join("busybox-rootfs");
+        let tarball = self.root.join("busybox-rootfs.tar");
+        rootfs::busybox(&dir).context("building the busybox rootfs")?;
+        let out = Command::new("tar")
+            .arg("-C")
+            .arg(&dir)
+            .arg("-cf")
+            .arg(&tarball)
+            .arg(".")
+            .output()
+            .context("running tar")?;
+        if !out.status.success() {
+            bail!("tar failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let path = tarball.to_string_lossy();
+        let out = self.docker(&["import", &path, tag]);
+        if !out.status.success() {
+            bail!(
+                "docker import failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::fs::remove_dir_all(&dir)?;
+        std::fs::remove_file(&tarball)?;
+        Ok(())
+    }
+
+    /// The last `lines` lines of each daemon's log.
+    pub fn log_tails(&self, lines: usize) -> String {
+        ["containerd.log", "dockerd.log"]
+            .iter()
+            .map(|name| {
+                let text = std::fs::read_to_string(self.root.join(name)).unwrap_or_default();
+                let all: Vec<&str> = text.lines().collect();
+                let tail = all[all.len().saturating_sub(lines)..].join("\n");
+                format!("--- last {lines} lines of {name} ---\n{tail}\n")
+            })
+            .collect()
+    }
+
+    /// Removes every container, stops both daemons, and returns what was
+    /// left behind (after removing that as well).
+    pub fn shutdown(mut self) -> Leftovers {
+        self.teardown()
+    }
+
+    /// Where containerd's shim for container `id` listens while it runs.
+    pub fn shim_socket(&self, id: &str) -> PathBuf {
+        shim_socket(&self.containerd_socket(), id)
+    }
+
+    fn docker_socket(&self) -> PathBuf {
+        self.root.join("docker.sock")
+    }
+
+    fn containerd_socket(&self) -> PathBuf {
+        self.root.join("containerd.sock")
+    }
+
+    fn cidfile_dir(&self) -> PathBuf {
+        self.root.join("cidfiles")
+    }
+
+    fn start_containerd(&mut self) -> Result<()> {
+        let root = &self.root;
+        let config = root.join("containerd.toml");
+        // The CRI plugin is off: it would set up CNI and its own state
+        // outside this directory, and Docker does not use it.
+        let text = format!(
+            "version = 2\n\
+             root = {root}\n\
+             state = {state}\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = {grpc}\n\
+             [ttrpc]\n  address = {ttrpc}\n\
+             [debug]\n  address = \"\"\n\
+             [metrics]\n  address = \"\"\n\
+             [plugins.\"io.containerd.internal.v1.opt\"]\n  path = {opt}\n",
+            root = quoted(&root.join("containerd-root")),
+            state = quoted(&root.join("containerd-state")),
+            grpc = quoted(&self.containerd_socket()),
+            ttrpc = quoted(&root.join("containerd.sock.ttrpc")),
+            opt = quoted(&root.join("containerd-opt")),
+        );
+        std::fs::write(&config, text)?;
+        let mut cmd = Command::new(CONTAINERD);
+        cmd.arg("--config").arg(&config);
+        let child = spawn_daemon(cmd, root, &root.join("containerd.log"))?;
+        self.containerd = Some(child);
+        let socket = self.containerd_socket();
+        self.wait_ready("containerd", |_| UnixStream::connect(&socket).is_ok())
+    }
+
+    fn start_dockerd(&mut self, runtimes: &[Runtime]) -> Result<()> {
+        let root = &self.root;
+        let config = root.join("daemon.json");
+        std::fs::write(&config, daemon_json(root, runtimes)?)?;
+        let driver = storage_driver(root);
+        let mut cmd = Command::new(DOCKERD);
+        cmd.arg("--config-file")
+            .arg(&config)
+            .arg("--data-root")
+            .arg(root.join("data"))
+            .arg("--exec-root")
+            .arg(root.join("exec"))
+            .arg("--pidfile")
+            .arg(root.join("docker.pid"))
+            .arg("-H")
+            .arg(format!("unix://{}", self.docker_socket().display()))
+            .arg("--containerd")
+            .arg(self.containerd_socket())
+            .args(["--storage-driver", driver])
+            // No docker0 bridge, NAT rules or userland proxies on the host:
+            // containers get their own network namespace with `lo` only.
+            .args(["--bridge=none", "--iptables=false", "--ip6tables=false"])
+            .args(["--exec-opt", "native.cgroupdriver=cgroupfs"])
+            .args(["--cgroup-parent", &self.cgroup_parent])
+            .args(["--shutdown-timeout", &SHUTDOWN_TIMEOUT_SECS.to_string()]);
+        let child = spawn_daemon(cmd, root, &root.join("dockerd.log"))?;
+        self.dockerd = Some(child);
+        self.wait_ready("dockerd", |d| {
+            let out = timed::output(
+                d.command()
+                    .args(["version", "--format", "{{.Server.Version}}"]),
+                Duration::from_secs(10),
+            );
+            matches!(out, Ok(Ok(out)) if out.status.success())
+        })
+    }
+
+    /// Polls `ready` until it holds; fails with the log tails if the
+    /// daemon exits or [`START_TIMEOUT`] passes.
+    fn wait_ready(&mut self, name: &str, ready: impl Fn(&Self) -> bool) -> Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if ready(self) {
+                return Ok(());
+            }
+            let child = match name {
+                "containerd" => self.containerd.as_mut(),
+                _ => self.dockerd.as_mut(),
+            };
+            if let Some(status) = child.and_then(|c| c.try_wait().ok().flatten()) {
+                bail!(
+                    "{name} exited ({status}) while starting\n{}",
+                    self.log_tails(40)
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{name} did not answer within {START_TIMEOUT:?}\n{}",
+                    self.log_tails(40)
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn teardown(&mut self) -> Leftovers {
+        if std::mem::replace(&mut self.torn_down, true) {
+            return Leftovers::default();
+        }
+        let ids = self.container_ids();
+        self.remove_all_containers();
+        stop(self.dockerd.take(), "dockerd");
+        stop(self.containerd.take(), "containerd");
+
+        let mut markers = vec![
+            self.root.to_string_lossy().into_owned(),
+            self.cgroup_parent.clone(),
+        ];
+        markers.extend(ids.iter().cloned());
+        let mut found = self.find_leftovers(&ids, &markers);
+        // Leftovers are reported, then removed all the same.
+        let mut failed = self.clean(&found);
+        found.paths.append(&mut failed);
+        found
+    }
+
+    fn remove_all_containers(&self) {
+        if self.dockerd.is_none() {
+            return;
+        }
+        let Ok(Ok(out)) = timed::output(
+            self.command().args(["ps", "-aq", "--no-trunc"]),
+            Duration::from_secs(30),
+        ) else {
+            return;
+        };
+        let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+        let ids: Vec<&str> = listed.split_whitespace().collect();
+        if !ids.is_empty() {
+            let mut rm = self.command();
+            rm.args(["rm", "-f"]).args(&ids);
+            let _ = timed::output(&mut rm, REMOVE_TIMEOUT);
+        }
+    }
+
+    /// What is left once the shims had [`SETTLE_TIMEOUT`] to exit.
+    fn find_leftovers(&self, ids: &[String], markers: &[String]) -> Leftovers {
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        let processes = loop {
+            let found = leftovers::processes(markers);
+            if found.is_empty() || Instant::now() >= deadline {
+                break found;
+            }
+            thread::sleep(Duration::from_millis(100));
+        };
+        let mut paths = Vec::new();
+        paths.extend(leftovers::entries_named(
+            Path::new(HUSK_RUN_DIR),
+            ids,
+            HUSK_RUN_DEPTH,
+        ));
+        for id in ids {
+            paths.push(self.shim_socket(id));
+            if let Ok(entries) = std::fs::read_dir(self.root.join("exec")) {
+                // dockerd gives each runtime `--root <exec-root>/runtime-<name>/moby`.
+                paths.extend(entries.flatten().map(|e| e.path().join(NAMESPACE).join(id)));
+            }
+        }
+        paths.retain(|p| p.exists());
+        paths.extend(leftovers::cgroups(&self.cgroup_parent));
+        Leftovers {
+            processes,
+            mounts: leftovers::mounts(&self.root, markers),
+            paths,
+        }
+    }
+
+    /// Kills, unmounts and removes `found` and everything the daemons made;
+    /// returns what could not be removed.
+    fn clean(&self, found: &Leftovers) -> Vec<PathBuf> {
+        for p in &found.processes {
+            let _ = kill(Pid::from_raw(p.pid), Signal::SIGKILL);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while found
+            .processes
+            .iter()
+            .any(|p| Path::new(&format!("/proc/{}", p.pid)).exists())
+            && Instant::now() < deadline
+        {
+            thread::sleep(Duration::from_millis(50));
+        }
+        for m in &found.mounts {
+            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+        }
+        let mut failed = Vec::new();
+        for p in &found.paths {
+            let removed = if p.starts_with("/sys/fs/cgroup") {
+                std::fs::remove_dir(p)
+            } else if p.is_dir() {
+                remove_tree(&sandbox_of(p))
+            } else {
+                std::fs::remove_file(p)
+            };
+            if removed.is_err() {
+                failed.push(p.clone());
+            }
+        }
+        for dir in leftovers::cgroup_parents(&self.cgroup_parent) {
+            if std::fs::remove_dir(&dir).is_err() {
+                failed.push(dir);
+            }
+        }
+        if remove_tree(&self.root).is_err() {
+            failed.push(self.root.clone());
+        }
+        // Deepest first; a directory someone else now uses is not empty
+        // and stays.
+        for dir in self.host_dirs.iter().rev() {
+            let _ = std::fs::remove_dir(dir);
+        }
+        failed
+    }
+}
+
+impl Drop for DockerDaemon {
+    fn drop(&mut self) {
+        if self.torn_down {
+            return;
+        }
+        if thread::panicking() {
+            eprintln!("{}", self.log_tails(60));
+        }
+        let left = self.teardown();
+        if !left.is_empty() {
+            eprintln!("private Docker teardown found and removed leftovers:\n{left}");
+        }
+    }
+}
+
+/// Installs Debian's docker.io and containerd when any part is missing.
+fn ensure_installed() -> Result<()> {
+    let needed = [DOCKER, DOCKERD, CONTAINERD]
+        .into_iter()
+        .chain(HELPERS)
+        .map(Path::new);
+    if needed.clone().all(Path::exists) {
+        return Ok(());
+    }
+    eprintln!("installing {} from Debian", PACKAGES.join(" "));
+    let apt = |args: &[&str]| -> Result<()> {
+        let out = timed::output(
+            Command::new("apt-get")
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .stdin(Stdio::null()),
+            Duration::from_secs(900),
+        )
+        .context("running apt-get")?
+        .map_err(|_| anyhow::anyhow!("apt-get {} timed out", args.join(" ")))?;
+        if !out.status.success() {
+            bail!(
+                "apt-get {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    };
+    apt(&["update", "-q"])?;
+    let mut install = vec!["install", "-y", "-q", "--no-install-recommends"];
+    install.extend(PACKAGES);
+    apt(&install)?;
+    if let Some(missing) = needed.clone().find(|p| !p.exists()) {
+        bail!(
+            "{} is still missing after installing {PACKAGES:?}",
+            missing.display()
+        );
+    }
+    Ok(())
+}
+
+/// Starts a daemon with its output in `log`, a fixed PATH (Debian's
+/// binaries, not /usr/local ones), `root` in its environment (inherited by
+/// shims, runtimes and VMs, so leftovers are found by it), and SIGTERM if
+/// the test thread dies.
+fn spawn_daemon(mut cmd: Command, root: &Path, log: &Path) -> Result<Child> {
+    let out = std::fs::File::create(log)?;
+    cmd.env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("HUSK_E2E_DOCKER_ROOT", root)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
+    // SAFETY: prctl is async-signal-safe. The parent-death signal fires when
+    // the spawning *thread* exits; the daemon is stopped by its owner on that
+    // same thread (teardown), so this only catches a test process that died.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    cmd.spawn().with_context(|| format!("starting {program}"))
+}
+
+/// The directory to remove for a leftover `path` named by a container ID:
+/// husk bind-mounts each container under `<sandbox>/shared/<id>`, and the
+/// whole sandbox directory (sockets, logs) goes with its only container.
+fn sandbox_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(shared) if shared.file_name().is_some_and(|n| n == "shared") => shared
+            .parent()
+            .map_or_else(|| path.to_owned(), Path::to_path_buf),
+        _ => path.to_owned(),
+    }
+}
+
+/// `remove_dir_all`, refused while anything is still mounted below `dir`
+/// (it would delete through the mount, e.g. into a bind-mounted host
+/// directory).
+fn remove_tree(dir: &Path) -> std::io::Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    let mounted = leftovers::mounts(dir, &[]);
+    if let Some(m) = mounted.first() {
+        return Err(std::io::Error::other(format!(
+            "{} is still mounted",
+            m.display()
+        )));
+    }
+    std::fs::remove_dir_all(dir)
+}
+
+/// SIGTERM, then SIGKILL if `child` is still running after [`STOP_TIMEOUT`].
+fn stop(child: Option<Child>, name: &str) {
+    let Some(mut child) = child else {
+        return;
+    };
+    if let Ok(None) = child.try_wait() {
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let stopped = timed::wait_until(&mut child, Instant::now() + STOP_TIMEOUT);
+        if !matches!(stopped, Ok(Some(_))) {
+            eprintln!("{name} did not stop within {STOP_TIMEOUT:?} of SIGTERM: killing it");
+            let _ = child.kill();
+        }
+    }
+    let _ = child.wait();
+}
+
+/// overlay2 wherever the kernel has overlayfs and `dir` is not itself on
+/// overlayfs (where overlay2 cannot stack); vfs (full copies) otherwise.
+fn storage_driver(dir: &Path) -> &'static str {
+    let on_overlay = nix::sys::statfs::statfs(dir)
+        .map(|s| s.filesystem_type() == nix::sys::statfs::OVERLAYFS_SUPER_MAGIC)
+        .unwrap_or(false);
+    let has_overlay = std::fs::read_to_string("/proc/filesystems")
+        .map(|t| {
+            t.lines()
+                .any(|l| l.split_whitespace().last() == Some("overlay"))
+        })
+        .unwrap_or(false);
+    if has_overlay && !on_overlay {
+        "overlay2"
+    } else {
+        eprintln!("{} cannot hold overlay2: dockerd uses vfs", dir.display());
+        "vfs"
+    }
+}
+
+/// dockerd's configuration file: the runtimes, and its trust key inside
+/// `root` (dockerd 20.10 would otherwise write /etc/docker/key.json).
+fn daemon_json(root: &Path, runtimes: &[Runtime]) -> Result<String> {
+    let runtimes: serde_json::Map<String, serde_json::Value> = runtimes
+        .iter()
+        .map(|r| {
+            (
+                r.name.clone(),
+                serde_json::json!({ "path": r.path, "runtimeArgs": r.args }),
+            )
+        })
+        .collect();
+    let config = serde_json::json!({
+        "deprecated-key-path": root.join("key.json"),
+        "runtimes": runtimes,
+    });
+    Ok(serde_json::to_string_pretty(&config)?)
+}
+
+/// Where containerd's shim for container `id` listens: containerd 1.6 puts
+/// it in /run/containerd/s/, named by the SHA-256 of
+/// `<containerd address>/<namespace>/<id>`, whatever containerd's state dir.
+fn shim_socket(containerd_socket: &Path, id: &str) -> PathBuf {
+    let key = containerd_socket.join(NAMESPACE).join(id);
+    let digest = Sha256::digest(key.as_os_str().as_encoded_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    PathBuf::from("/run/containerd/s").join(hex)
+}
+
+/// A TOML basic string of `path` (the daemons' paths are plain ASCII).
+fn quoted(path: &Path) -> String {
+    format!("{:?}", path.to_string_lossy())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn daemon_json_registers_runtimes_with_their_arguments() {
+        let text = daemon_json(
+            Path::new("/r"),
+            &[Runtime {
+                name: "husk".into(),
+                path: "/bin/husk".into(),
+                args: vec!["--config".into(), "/c.toml".into()],
+            }],
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["runtimes"]["husk"]["path"], "/bin/husk");
+        assert_eq!(
+            v["runtimes"]["husk"]["runtimeArgs"],
+            serde_json::json!(["--config", "/c.toml"])
+        );
+        assert_eq!(v["deprecated-key-path"], "/r/key.json");
+    }
+
+    #[test]
+    fn a_container_under_a_sandbox_share_takes_the_sandbox_with_it() {
+        assert_eq!(
+            sandbox_of(Path::new("/run/husk/vm/s1/shared/abc")),
+            Path::new("/run/husk/vm/s1")
+        );
+        assert_eq!(
+            sandbox_of(Path::new("/run/husk/abc")),
+            Path::new("/run/husk/abc")
+        );
+    }
+
+    #[test]
+    fn a_tree_with_a_mount_below_is_not_removed() {
+        // /proc is mounted below /, so / must be refused (and nothing touched).
+        let err = remove_tree(Path::new("/")).unwrap_err();
+        assert!(err.to_string().contains("still mounted"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
+        remove_tree(dir.path()).unwrap();
+        assert!(!dir.path().exists());
+    }
+
+    #[test]
+    fn shim_sockets_are_named_by_the_hash_of_address_namespace_and_id() {
+        // sha256sum of "/x/containerd.sock/moby/abc"
+        assert_eq!(
+            shim_socket(Path::new("/x/containerd.sock"), "abc"),
+            Path::new(
+                "/run/containerd/s/5e6c35b3d55d9aed4fc99d934606345b676aed342178539ae011542f90abe0b9"
+            )
+        );
+    }
+}
