@@ -6,11 +6,13 @@ SHELL := /bin/bash
 BUILD := build
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: demo test deps build check agent kernel image guest bench clean
+.PHONY: demo test deps build check agent kernel image guest install bench clean
+
+PREFIX ?= /usr/local
 
 ## demo: install what is needed, build everything (guest kernel and image
-## included) and run a container.
-demo: deps build guest
+## included), install husk and run a container with `husk run`.
+demo: deps build guest install
 	cargo run --quiet -p husk-tests --bin husk-demo
 
 ## test: install what is needed, build, and run every test.
@@ -43,6 +45,16 @@ image:
 	guest-image/build.sh "$$(scripts/build-agent.sh)" $(BUILD)/initrd.img
 
 guest: kernel image
+
+## install: husk in $(PREFIX)/bin, the guest kernel and image in
+## $(PREFIX)/share/husk, and the documented configuration in /etc/husk
+## (an existing one is kept).
+install: guest
+	cargo build --release -p husk-runtime --bin husk
+	install -D -m 0755 target/release/husk $(PREFIX)/bin/husk
+	install -D -m 0644 "$$(guest-kernel/build.sh --print-path)" $(PREFIX)/share/husk/vmlinux
+	install -D -m 0644 $(BUILD)/initrd.img $(PREFIX)/share/husk/initrd.img
+	test -e /etc/husk/configuration.toml || install -D -m 0644 configuration.toml /etc/husk/configuration.toml
 
 bench: deps build
 	cargo bench -p husk-agent --bench lifecycle
