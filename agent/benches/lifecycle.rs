@@ -6,59 +6,16 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use husk_tests::bench::{median, peer_run, peers};
 
 const ROUNDS: usize = 20;
 
-fn median(samples: &mut [Duration]) -> Duration {
-    samples.sort();
-    samples[samples.len() / 2]
-}
-
-/// The command that runs the bundle with `runtime`.
-///
-/// crun 1.8 refuses this host's hybrid cgroup layout, so it runs in a private
-/// mount namespace with a bare cgroup2 mount and its cgroup manager
-/// disabled: it does less work than runc and husk (no cgroup at all), which
-/// favours it in the comparison.
-fn oci_command(runtime: &str, bundle: &Path, id: &str) -> Command {
-    let run = format!("run --bundle {} {id}", bundle.display());
-    if runtime == "crun" {
-        let mut cmd = Command::new("unshare");
-        cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
-            .arg(format!(
-                "umount -l /sys/fs/cgroup && mount -t cgroup2 none /sys/fs/cgroup && \
-             exec crun --cgroup-manager=disabled {run}"
-            ));
-        cmd
-    } else {
-        let mut cmd = Command::new(runtime);
-        cmd.args(run.split(' '));
-        cmd
-    }
-}
-
-fn oci_run(runtime: &str, bundle: &Path, id: &str) -> Duration {
-    let started = Instant::now();
-    let status = oci_command(runtime, bundle, id)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .status()
-        .unwrap_or_else(|e| panic!("running {runtime}: {e}"));
-    let elapsed = started.elapsed();
-    assert!(status.success(), "{runtime} run failed: {status}");
-    elapsed
-}
-
 fn main() {
-    let peers: Vec<&str> = ["crun", "runc"]
-        .into_iter()
-        .filter(|p| Command::new(p).arg("--version").output().is_ok())
-        .collect();
+    // crun runs without a cgroup here: see husk_tests::bench.
+    let peers = peers();
     let spec = spec(&["/bin/true"]);
 
     // One bundle for the OCI runtimes: the same spec and rootfs.
@@ -88,11 +45,13 @@ fn main() {
         });
         husk.push(started.elapsed());
         for (i, peer) in peers.iter().enumerate() {
-            others[i].push(oci_run(peer, bundle.path(), &format!("{id}-{peer}")));
+            let elapsed = peer_run(peer, bundle.path(), &format!("{id}-{peer}"))
+                .unwrap_or_else(|e| panic!("{e}"));
+            others[i].push(elapsed);
         }
     }
 
-    let husk = median(&mut husk);
+    let husk = median(&husk);
     println!("create+start+wait+delete of /bin/true, median of {ROUNDS}, interleaved");
     println!("| runtime | median | ratio to husk-agent |");
     println!("| --- | --- | --- |");
@@ -100,7 +59,7 @@ fn main() {
         "| husk-agent (ttrpc API) | {:.1} ms | 1.00 |",
         husk.as_secs_f64() * 1e3
     );
-    for (peer, samples) in peers.iter().zip(others.iter_mut()) {
+    for (peer, samples) in peers.iter().zip(&others) {
         let m = median(samples);
         println!(
             "| {peer} run | {:.1} ms | {:.2} |",
