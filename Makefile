@@ -56,10 +56,12 @@ install: guest
 	install -D -m 0644 $(BUILD)/initrd.img $(PREFIX)/share/husk/initrd.img
 	test -e /etc/husk/configuration.toml || install -D -m 0644 configuration.toml /etc/husk/configuration.toml
 
-bench: deps build
+## bench: every benchmark (as root), each printing a table; see docs/benchmarks.md.
+bench: deps build guest
 	cargo bench -p husk-agent --bench lifecycle
 	cargo bench -p husk-vmm --bench boot
 	cargo bench -p husk-tests --bench microvm
+	cargo bench -p husk-runtime --bench oci_run
 
 clean:
 	cargo clean

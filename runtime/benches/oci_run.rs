@@ -40,10 +40,7 @@ const STAGES: [(&str, &str); 6] = [
         "sandbox-process",
         "→ `sandbox-process` (sandbox process started)",
     ),
-    (
-        "vm-started",
-        "→ `vm-started` (QEMU spawned, watched for early exit)",
-    ),
+    ("vm-started", "→ `vm-started` (QEMU spawned)"),
     (
         "agent-answers",
         "→ `agent-answers` (guest booted, agent up)",

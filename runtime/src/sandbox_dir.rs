@@ -118,6 +118,18 @@ impl SandboxDir {
         self.path.join("qemu.log")
     }
 
+    /// The end of the guest console (at most [`LOG_TAIL`] bytes), where a
+    /// failed boot says why; empty if there is none.
+    pub fn console_tail(&self) -> String {
+        read_tail(&self.console_log(), LOG_TAIL)
+    }
+
+    /// The end of the hypervisor process's stderr (at most [`LOG_TAIL`]
+    /// bytes), where QEMU names a bad option or device; empty if none.
+    pub fn hypervisor_log_tail(&self) -> String {
+        read_tail(&self.hypervisor_log(), LOG_TAIL)
+    }
+
     fn io(&self, path: &Path, source: io::Error) -> Error {
         Error::Io {
             path: path.to_owned(),
@@ -137,6 +149,18 @@ pub fn validate_id(id: &str) -> Result<(), Error> {
         return Err(Error::InvalidId(id.to_owned()));
     }
     Ok(())
+}
+
+/// How much of a log's end goes into an error message.
+pub const LOG_TAIL: usize = 4096;
+
+/// The last `max` bytes of `path`, lossily decoded and trimmed.
+fn read_tail(path: &Path, max: usize) -> String {
+    let data = std::fs::read(path).unwrap_or_default();
+    let start = data.len().saturating_sub(max);
+    String::from_utf8_lossy(data.get(start..).unwrap_or_default())
+        .trim()
+        .to_owned()
 }
 
 #[cfg(test)]

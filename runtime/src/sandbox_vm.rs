@@ -38,10 +38,16 @@ pub enum Error {
         console: String,
     },
     /// The VM ended before its agent answered.
-    #[error("the VM ended during boot ({exit}); the guest console ends with:\n{console}")]
+    #[error(
+        "the VM ended during boot ({exit}){}; the guest console ends with:\n{console}",
+        hypervisor_said(.hypervisor)
+    )]
     VmEnded {
         /// How it ended.
         exit: VmExit,
+        /// The end of the hypervisor process's stderr (QEMU names a bad
+        /// option or an unreachable device there).
+        hypervisor: String,
         /// The end of the guest's console.
         console: String,
     },
@@ -98,12 +104,17 @@ impl SandboxVm {
                 })
             }
             Err(exit) => {
-                let console = console_tail(&dir);
+                let console = dir.console_tail();
+                let hypervisor_said = dir.hypervisor_log_tail();
                 let _ = teardown(hypervisor, dir, Duration::ZERO).await;
-                Err(Error::VmEnded { exit, console })
+                Err(Error::VmEnded {
+                    exit,
+                    hypervisor: hypervisor_said,
+                    console,
+                })
             }
             Ok(Err(source)) => {
-                let console = console_tail(&dir);
+                let console = dir.console_tail();
                 let _ = teardown(hypervisor, dir, Duration::ZERO).await;
                 Err(Error::Agent { source, console })
             }
@@ -154,6 +165,19 @@ async fn teardown(
     Ok(stopped)
 }
 
+/// `hypervisor`'s words for an error message, if it said anything.
+fn hypervisor_said(hypervisor: &str) -> String {
+    if hypervisor.is_empty() {
+        String::new()
+    } else {
+        format!("; the hypervisor said: {hypervisor}")
+    }
+}
+
+/// How often the VM is polled while the agent boots: a VM that fails at
+/// once (QEMU refusing an option) is reported within this.
+const BOOT_POLL: Duration = Duration::from_millis(10);
+
 /// Resolves once the VM has ended, with how. Polls the backend (a QEMU
 /// process, or the builtin VMM's vCPU threads in this process) without
 /// blocking; if it cannot be asked, never resolves (the agent timeout then
@@ -168,18 +192,8 @@ async fn vm_ended(hypervisor: &mut dyn Hypervisor) -> VmExit {
                 return std::future::pending().await;
             }
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(BOOT_POLL).await;
     }
-}
-
-/// The last lines of the guest console (bounded), for error messages.
-fn console_tail(dir: &SandboxDir) -> String {
-    const MAX: usize = 4096;
-    let data = std::fs::read(dir.console_log()).unwrap_or_default();
-    let start = data.len().saturating_sub(MAX);
-    String::from_utf8_lossy(data.get(start..).unwrap_or_default())
-        .trim()
-        .to_owned()
 }
 
 /// Runs a blocking hypervisor call off the async threads.
@@ -222,7 +236,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_vm_that_dies_during_boot_fails_boot_without_waiting_for_the_agent_timeout() {
         let root = tempfile::tempdir().unwrap();
-        // Outlives the start-up watch, then dies like a guest that crashed.
+        // Boots for a while, then dies like a guest that crashed.
         let (spec, hv) = fake_vm(root.path(), "dies", "#!/bin/sh\nsleep 0.4\nexit 1\n");
         let dir = spec.sandbox.clone();
         // An agent timeout far longer than the test may take.
@@ -235,6 +249,36 @@ mod tests {
             Ok(Ok(_)) => panic!("booted without a VM"),
             Err(_) => panic!("boot waited for the agent although the VM had ended"),
         }
+        assert!(!dir.path().exists(), "sandbox dir left behind");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hypervisor_refusing_to_start_fails_boot_at_once_with_its_words() {
+        let root = tempfile::tempdir().unwrap();
+        let (spec, hv) = fake_vm(
+            root.path(),
+            "refuses",
+            "#!/bin/sh\necho 'no such device' >&2\nexit 3\n",
+        );
+        let dir = spec.sandbox.clone();
+        let boot = SandboxVm::boot(hv, spec, Duration::from_secs(600));
+        let err = match tokio::time::timeout(Duration::from_secs(60), boot).await {
+            Ok(Err(e)) => e,
+            Ok(Ok(_)) => panic!("booted without a VM"),
+            Err(_) => panic!("boot waited for the agent although QEMU had exited"),
+        };
+        match &err {
+            Error::VmEnded {
+                exit, hypervisor, ..
+            } => {
+                assert!(matches!(exit, VmExit::Process(status) if status.code() == Some(3)));
+                assert_eq!(hypervisor, "no such device");
+            }
+            other => panic!("expected VmEnded, got {other}"),
+        }
+        assert!(err
+            .to_string()
+            .contains("the hypervisor said: no such device"));
         assert!(!dir.path().exists(), "sandbox dir left behind");
     }
 

@@ -217,8 +217,14 @@ fn sandbox_boot_fails_fast_when_the_builtin_vm_ends() {
     let result =
         runtime.block_on(async { tokio::time::timeout(Duration::from_secs(60), boot).await });
     match result {
-        Ok(Err(sandbox_vm::Error::VmEnded { exit, console })) => {
+        Ok(Err(sandbox_vm::Error::VmEnded {
+            exit,
+            hypervisor,
+            console,
+        })) => {
             assert_eq!(exit, VmExit::Guest(ExitReason::I8042Reset));
+            // The builtin VMM runs in this process: no separate stderr.
+            assert_eq!(hypervisor, "");
             assert_eq!(console, "hello from the guest");
         }
         Ok(Err(other)) => panic!("expected VmEnded, got {other}"),

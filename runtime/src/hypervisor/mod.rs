@@ -94,14 +94,6 @@ pub enum Error {
         /// The cause.
         source: std::io::Error,
     },
-    /// The hypervisor exited during start-up.
-    #[error("the hypervisor exited during start-up ({status}): {stderr}")]
-    EarlyExit {
-        /// Its exit status.
-        status: ExitStatus,
-        /// The end of its stderr.
-        stderr: String,
-    },
     /// Waiting for or signalling the hypervisor process failed.
     #[error("hypervisor process: {0}")]
     Process(std::io::Error),
