@@ -266,7 +266,9 @@ fn one_line(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use oci_spec::runtime::{LinuxCpuBuilder, LinuxMemoryBuilder, LinuxResourcesBuilder};
+    use oci_spec::runtime::{
+        LinuxCpuBuilder, LinuxMemoryBuilder, LinuxResources, LinuxResourcesBuilder,
+    };
 
     #[test]
     fn the_documented_file_parses_to_the_defaults() {
@@ -308,68 +310,38 @@ mod tests {
         assert!(err.to_string().contains("/nonexistent/husk.toml"));
     }
 
+    /// OCI resources with a memory limit (bytes) and a CFS quota over a
+    /// 100 ms period.
+    fn resources(limit: i64, quota: Option<i64>) -> LinuxResources {
+        let mut r = LinuxResourcesBuilder::default()
+            .memory(LinuxMemoryBuilder::default().limit(limit).build().unwrap())
+            .build()
+            .unwrap();
+        if let Some(quota) = quota {
+            let cpu = LinuxCpuBuilder::default()
+                .quota(quota)
+                .period(100_000u64)
+                .build()
+                .unwrap();
+            r.set_cpu(Some(cpu));
+        }
+        r
+    }
+
+    fn size(vcpus: u8, memory_mib: u32) -> VmSize {
+        VmSize { vcpus, memory_mib }
+    }
+
     #[test]
     fn vm_size_follows_the_memory_limit_and_cpu_quota() {
         let c = Config::default();
-        assert_eq!(
-            c.vm_size(None),
-            VmSize {
-                vcpus: 1,
-                memory_mib: 256
-            }
-        );
-        let r = LinuxResourcesBuilder::default()
-            .memory(
-                LinuxMemoryBuilder::default()
-                    .limit(512i64 << 20)
-                    .build()
-                    .unwrap(),
-            )
-            .cpu(
-                LinuxCpuBuilder::default()
-                    .quota(250_000i64)
-                    .period(100_000u64)
-                    .build()
-                    .unwrap(),
-            )
-            .build()
-            .unwrap();
-        assert_eq!(
-            c.vm_size(Some(&r)),
-            VmSize {
-                vcpus: 3,
-                memory_mib: 640
-            }
-        );
+        assert_eq!(c.vm_size(None), size(1, 256));
+        let r = resources(512 << 20, Some(250_000));
+        assert_eq!(c.vm_size(Some(&r)), size(3, 640));
         // A small limit still gets the overhead; a huge quota is capped.
-        let r = LinuxResourcesBuilder::default()
-            .memory(
-                LinuxMemoryBuilder::default()
-                    .limit(64i64 << 20)
-                    .build()
-                    .unwrap(),
-            )
-            .cpu(
-                LinuxCpuBuilder::default()
-                    .quota(10_000_000i64)
-                    .period(100_000u64)
-                    .build()
-                    .unwrap(),
-            )
-            .build()
-            .unwrap();
-        assert_eq!(
-            c.vm_size(Some(&r)),
-            VmSize {
-                vcpus: 4,
-                memory_mib: 192
-            }
-        );
+        let r = resources(64 << 20, Some(10_000_000));
+        assert_eq!(c.vm_size(Some(&r)), size(4, 192));
         // -1 is "unlimited" in OCI.
-        let r = LinuxResourcesBuilder::default()
-            .memory(LinuxMemoryBuilder::default().limit(-1i64).build().unwrap())
-            .build()
-            .unwrap();
-        assert_eq!(c.vm_size(Some(&r)).memory_mib, 256);
+        assert_eq!(c.vm_size(Some(&resources(-1, None))).memory_mib, 256);
     }
 }

@@ -8,7 +8,6 @@
 
 use std::fs;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use husk_runtime::hypervisor::builtin::Builtin;
@@ -17,24 +16,10 @@ use husk_runtime::hypervisor::{
 };
 use husk_runtime::sandbox_dir::SandboxDir;
 use husk_runtime::sandbox_vm::{self, SandboxVm};
-use husk_vmm::machine::{self, ExitReason, HostCheck};
-use husk_vmm::test_support::{threads_settled, vcpu_threads_settled, Payload};
-
-/// One VM at a time: thread counts stay meaningful and the two cores of
-/// the machine are not oversubscribed.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serialize() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn kvm_usable() -> bool {
-    let host = HostCheck::run();
-    if !host.kvm_openable {
-        eprintln!("skipping: /dev/kvm cannot be opened read-write ({host:?})");
-    }
-    host.kvm_openable
-}
+use husk_vmm::machine::{self, ExitReason};
+use husk_vmm::test_support::{
+    kvm_usable, one_vm_at_a_time, threads_settled, u32_at, vcpu_threads_settled, Kernel, Payload,
+};
 
 /// A sandbox under `root` (created) with `kernel`, a small initrd, 1 vCPU
 /// and 64 MiB.
@@ -69,22 +54,36 @@ fn assert_nothing_left(spec: &VmSpec) {
     );
 }
 
-fn u32_at(bytes: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap())
+/// A VM spec booting a test payload, with the files it names kept alive.
+struct PayloadVm {
+    spec: VmSpec,
+    _kernel: Kernel,
+    _root: tempfile::TempDir,
+}
+
+/// The spec (see [`spec`]) of a VM booting payload `name` as an ELF
+/// vmlinux; `None`, having said why, without binutils or a usable /dev/kvm.
+fn payload_vm(name: &str) -> Option<PayloadVm> {
+    let payload = Payload::build(name)?;
+    if !kvm_usable() {
+        return None;
+    }
+    let kernel = payload.elf64();
+    let root = tempfile::tempdir().unwrap();
+    Some(PayloadVm {
+        spec: spec(root.path(), kernel.path()),
+        _kernel: kernel,
+        _root: root,
+    })
 }
 
 #[test]
 fn serial_line_reaches_the_console_log_and_an_i8042_reset_ends_the_vm() {
-    let _guard = serialize();
-    let Some(payload) = Payload::build("serial_hello") else {
+    let _guard = one_vm_at_a_time();
+    let Some(vm) = payload_vm("serial_hello") else {
         return;
     };
-    if !kvm_usable() {
-        return;
-    }
-    let kernel = payload.elf64();
-    let root = tempfile::tempdir().unwrap();
-    let spec = spec(root.path(), kernel.path());
+    let spec = vm.spec;
     let mut hv = builtin();
     hv.start(&spec).unwrap();
     assert_eq!(hv.pid(), None, "the VM runs in this process");
@@ -111,16 +110,11 @@ fn serial_line_reaches_the_console_log_and_an_i8042_reset_ends_the_vm() {
 
 #[test]
 fn guest_gets_the_command_line_with_both_devices_and_the_initrd() {
-    let _guard = serialize();
-    let Some(payload) = Payload::build("zero_page") else {
+    let _guard = one_vm_at_a_time();
+    let Some(vm) = payload_vm("zero_page") else {
         return;
     };
-    if !kvm_usable() {
-        return;
-    }
-    let kernel = payload.elf64();
-    let root = tempfile::tempdir().unwrap();
-    let mut spec = spec(root.path(), kernel.path());
+    let mut spec = vm.spec;
     spec.kernel_args = vec!["husk.test=zero-page".into()];
     let mut hv = Builtin::new();
     hv.start(&spec).unwrap();
@@ -146,16 +140,11 @@ fn guest_gets_the_command_line_with_both_devices_and_the_initrd() {
 
 #[test]
 fn the_first_virtio_mmio_device_is_the_vsock_device() {
-    let _guard = serialize();
-    let Some(payload) = Payload::build("virtio_probe") else {
+    let _guard = one_vm_at_a_time();
+    let Some(vm) = payload_vm("virtio_probe") else {
         return;
     };
-    if !kvm_usable() {
-        return;
-    }
-    let kernel = payload.elf64();
-    let root = tempfile::tempdir().unwrap();
-    let spec = spec(root.path(), kernel.path());
+    let spec = vm.spec;
     let mut hv = builtin();
     hv.start(&spec).unwrap();
     let exit = hv.wait(Duration::from_secs(20)).unwrap();
@@ -173,17 +162,12 @@ fn the_first_virtio_mmio_device_is_the_vsock_device() {
 
 #[test]
 fn stop_ends_a_guest_that_never_ends_by_itself() {
-    let _guard = serialize();
-    let Some(payload) = Payload::build("smp") else {
+    let _guard = one_vm_at_a_time();
+    // With one vCPU the payload waits forever for a second one.
+    let Some(vm) = payload_vm("smp") else {
         return;
     };
-    if !kvm_usable() {
-        return;
-    }
-    // With one vCPU the payload waits forever for a second one.
-    let kernel = payload.elf64();
-    let root = tempfile::tempdir().unwrap();
-    let spec = spec(root.path(), kernel.path());
+    let spec = vm.spec;
     let mut hv = builtin();
     hv.start(&spec).unwrap();
     assert_eq!(hv.wait(Duration::from_millis(200)).unwrap(), None);
@@ -198,16 +182,11 @@ fn stop_ends_a_guest_that_never_ends_by_itself() {
 
 #[test]
 fn sandbox_boot_fails_fast_when_the_builtin_vm_ends() {
-    let _guard = serialize();
-    let Some(payload) = Payload::build("serial_hello") else {
+    let _guard = one_vm_at_a_time();
+    let Some(vm) = payload_vm("serial_hello") else {
         return;
     };
-    if !kvm_usable() {
-        return;
-    }
-    let kernel = payload.elf64();
-    let root = tempfile::tempdir().unwrap();
-    let spec = spec(root.path(), kernel.path());
+    let spec = vm.spec;
     let dir = spec.sandbox.clone();
     // Boot creates the sandbox directory itself.
     dir.remove().unwrap();
@@ -248,7 +227,7 @@ fn start_fails(spec: &VmSpec) -> Error {
 
 #[test]
 fn missing_kernel_is_refused() {
-    let _guard = serialize();
+    let _guard = one_vm_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let spec = spec(root.path(), &root.path().join("no-vmlinux"));
     let err = start_fails(&spec);
@@ -261,7 +240,7 @@ fn missing_kernel_is_refused() {
 
 #[test]
 fn kernel_that_is_neither_elf_nor_bzimage_is_refused() {
-    let _guard = serialize();
+    let _guard = one_vm_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let kernel = root.path().join("garbage");
     fs::write(&kernel, vec![0x90u8; 4096]).unwrap();
@@ -280,7 +259,7 @@ fn kernel_that_is_neither_elf_nor_bzimage_is_refused() {
 
 #[test]
 fn zero_vcpus_are_refused() {
-    let _guard = serialize();
+    let _guard = one_vm_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let kernel = root.path().join("vmlinux");
     fs::write(&kernel, b"\x7fELF").unwrap();
@@ -293,7 +272,7 @@ fn zero_vcpus_are_refused() {
 
 #[test]
 fn too_little_memory_is_refused() {
-    let _guard = serialize();
+    let _guard = one_vm_at_a_time();
     let Some(payload) = Payload::build("serial_hello") else {
         return;
     };

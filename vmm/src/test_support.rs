@@ -222,3 +222,33 @@ pub fn threads_settled(prefix: &str) -> usize {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// One VM at a time per test binary: thread counts stay meaningful and the
+/// machine's cores are not oversubscribed. Hold the guard for the test.
+pub fn one_vm_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether /dev/kvm opens read-write; says why the test skips if not.
+pub fn kvm_usable() -> bool {
+    let ok = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    if !ok {
+        eprintln!("skipping: /dev/kvm cannot be opened read-write");
+    }
+    ok
+}
+
+/// The little-endian u32 a payload reported at `at` of its output.
+pub fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap())
+}
+
+/// The little-endian u64 a payload reported at `at` of its output.
+pub fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap())
+}

@@ -9,20 +9,15 @@
 
 use std::fs;
 use std::io::Write;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use husk_vmm::machine::{EntryPoint, Error, ExitReason, HostCheck, Vm, VmConfig};
-use husk_vmm::test_support::{self as payload, vcpu_threads_settled, Kernel, Payload};
+use husk_vmm::test_support::{
+    self as payload, kvm_usable, one_vm_at_a_time, u32_at, u64_at, vcpu_threads_settled, Kernel,
+    Payload,
+};
 use husk_vmm::virtio::{ActivateError, Activation, InterruptKind, VirtioDevice};
-
-/// KVM tests run one at a time so thread counts are meaningful and the two
-/// cores of the machine are not oversubscribed.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serialize() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// Console sink the test can read back.
 #[derive(Clone, Default)]
@@ -42,18 +37,6 @@ impl Console {
     fn bytes(&self) -> Vec<u8> {
         self.0.lock().unwrap().clone()
     }
-}
-
-fn kvm_usable() -> bool {
-    let ok = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    if !ok {
-        eprintln!("skipping: /dev/kvm cannot be opened");
-    }
-    ok
 }
 
 /// Boots `kernel` with `config` and waits for the guest to end the VM.
@@ -78,7 +61,7 @@ fn config(kernel: &Kernel, console: &Console) -> VmConfig {
 
 #[test]
 fn serial_output_reaches_console_sink() {
-    let _guard = serialize();
+    let _guard = one_vm_at_a_time();
     let Some(payload) = Payload::build("serial_hello") else {
         return;
     };
@@ -98,7 +81,7 @@ fn serial_output_reaches_console_sink() {
 
 #[test]
 fn bzimage_boots_through_its_64bit_entry() {
-    let _guard = serialize();
+    let _guard = one_vm_at_a_time();
     let Some(payload) = Payload::build("serial_hello") else {
         return;
     };
@@ -116,17 +99,9 @@ fn bzimage_boots_through_its_64bit_entry() {
     assert_eq!(console.bytes(), b"hello from the guest\n");
 }
 
-fn u32_at(bytes: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap())
-}
-
-fn u64_at(bytes: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap())
-}
-
 #[test]
 fn guest_reads_e820_initrd_and_cmdline_from_zero_page() {
-    let _guard = serialize();
+    let _guard = one_vm_at_a_time();
     let Some(payload) = Payload::build("zero_page") else {
         return;
     };
@@ -205,7 +180,7 @@ impl VirtioDevice for ProbeDevice {
 
 #[test]
 fn guest_finds_virtio_mmio_device_from_cmdline_and_negotiates() {
-    let _guard = serialize();
+    let _guard = one_vm_at_a_time();
     let Some(payload) = Payload::build("virtio_probe") else {
         return;
     };
@@ -278,7 +253,7 @@ impl VirtioDevice for EchoDevice {
 
 #[test]
 fn guest_activates_device_notifies_queue_and_sees_used_interrupt() {
-    let _guard = serialize();
+    let _guard = one_vm_at_a_time();
     let Some(payload) = Payload::build("virtio_activate") else {
         return;
     };
@@ -306,7 +281,7 @@ fn guest_activates_device_notifies_queue_and_sees_used_interrupt() {
 
 #[test]
 fn two_vcpus_both_run_with_their_own_apic_ids() {
-    let _guard = serialize();
+    let _guard = one_vm_at_a_time();
     let Some(payload) = Payload::build("smp") else {
         return;
     };
@@ -324,7 +299,7 @@ fn two_vcpus_both_run_with_their_own_apic_ids() {
 
 #[test]
 fn pvh_note_selects_32bit_entry_and_start_info() {
-    let _guard = serialize();
+    let _guard = one_vm_at_a_time();
     let Some(payload) = Payload::build("pvh_probe") else {
         return;
     };
@@ -362,7 +337,7 @@ fn pvh_note_selects_32bit_entry_and_start_info() {
 /// reads the start info the VMM wrote.
 #[test]
 fn pvh_payload_reads_start_info_on_hardware_kvm() {
-    let _guard = serialize();
+    let _guard = one_vm_at_a_time();
     if !HostCheck::run().can_run_linux_guests() {
         eprintln!("skipping: this host's KVM cannot run 32-bit unpaged code (PVH entry)");
         return;
@@ -382,7 +357,7 @@ fn pvh_payload_reads_start_info_on_hardware_kvm() {
 
 #[test]
 fn pause_parks_vcpus_and_resume_continues() {
-    let _guard = serialize();
+    let _guard = one_vm_at_a_time();
     let Some(payload) = Payload::build("smp") else {
         return;
     };
@@ -413,7 +388,7 @@ fn pause_parks_vcpus_and_resume_continues() {
 
 #[test]
 fn stop_ends_a_running_vm() {
-    let _guard = serialize();
+    let _guard = one_vm_at_a_time();
     let Some(payload) = Payload::build("smp") else {
         return;
     };
@@ -433,7 +408,7 @@ fn stop_ends_a_running_vm() {
 
 #[test]
 fn missing_kernel_is_a_clear_error() {
-    let _guard = serialize();
+    let _guard = one_vm_at_a_time();
     let console = Console::default();
     let dir = tempfile::tempdir().unwrap();
     let kernel = Kernel::at(dir.path().join("nope"));
@@ -445,7 +420,7 @@ fn missing_kernel_is_a_clear_error() {
 
 #[test]
 fn kernel_that_is_neither_elf_nor_bzimage_is_refused() {
-    let _guard = serialize();
+    let _guard = one_vm_at_a_time();
     let console = Console::default();
     let file = tempfile::NamedTempFile::new().unwrap();
     fs::write(file.path(), vec![0x90u8; 4096]).unwrap();
@@ -456,7 +431,7 @@ fn kernel_that_is_neither_elf_nor_bzimage_is_refused() {
 
 #[test]
 fn zero_vcpus_is_refused() {
-    let _guard = serialize();
+    let _guard = one_vm_at_a_time();
     let console = Console::default();
     let kernel = Kernel::at("/nonexistent".into());
     let mut cfg = config(&kernel, &console);
@@ -466,7 +441,7 @@ fn zero_vcpus_is_refused() {
 
 #[test]
 fn initrd_too_big_for_memory_is_refused() {
-    let _guard = serialize();
+    let _guard = one_vm_at_a_time();
     let Some(payload) = Payload::build("serial_hello") else {
         return;
     };
@@ -484,7 +459,7 @@ fn initrd_too_big_for_memory_is_refused() {
 
 #[test]
 fn kernel_bigger_than_memory_is_refused() {
-    let _guard = serialize();
+    let _guard = one_vm_at_a_time();
     let Some(payload) = Payload::build("serial_hello") else {
         return;
     };
@@ -503,7 +478,7 @@ fn kernel_bigger_than_memory_is_refused() {
 
 #[test]
 fn bzimage_bigger_than_memory_is_refused() {
-    let _guard = serialize();
+    let _guard = one_vm_at_a_time();
     let Some(payload) = Payload::build("serial_hello") else {
         return;
     };
@@ -517,7 +492,7 @@ fn bzimage_bigger_than_memory_is_refused() {
 
 #[test]
 fn cmdline_longer_than_bzimage_accepts_is_refused() {
-    let _guard = serialize();
+    let _guard = one_vm_at_a_time();
     let Some(payload) = Payload::build("serial_hello") else {
         return;
     };
@@ -535,7 +510,7 @@ fn cmdline_longer_than_bzimage_accepts_is_refused() {
 
 #[test]
 fn triple_fault_ends_the_vm_with_its_reason() {
-    let _guard = serialize();
+    let _guard = one_vm_at_a_time();
     let Some(payload) = Payload::build("triple_fault") else {
         return;
     };
