@@ -17,6 +17,11 @@ use tokio::time::Instant;
 const MAX_REPLY_LEN: usize = 32;
 /// Pause between connection attempts while the guest boots.
 const RETRY_INTERVAL: Duration = Duration::from_millis(20);
+/// How long a client of a sandbox that is already up (a CLI verb, a
+/// process proxy) waits for its agent.
+pub const RUNNING_SANDBOX_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a short agent call may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Errors connecting to the agent.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +59,30 @@ pub async fn connect(
     let stream = connect_stream(socket, port, timeout).await?;
     let client = husk_protocol::ttrpc::r#async::Client::new(stream.into());
     Ok(AgentServiceClient::new(client))
+}
+
+/// Connects to the agent of a sandbox that is already up, behind its
+/// hybrid vsock socket `socket`.
+pub async fn connect_running(socket: &Path) -> Result<AgentServiceClient, Error> {
+    connect(
+        socket,
+        husk_protocol::AGENT_VSOCK_PORT,
+        RUNNING_SANDBOX_TIMEOUT,
+    )
+    .await
+}
+
+/// A ttrpc context for a short agent call.
+pub fn ctx() -> husk_protocol::ttrpc::context::Context {
+    husk_protocol::ttrpc::context::with_timeout(CALL_TIMEOUT.as_nanos() as i64)
+}
+
+/// The agent's own message from a ttrpc error.
+pub fn agent_message(e: &husk_protocol::ttrpc::Error) -> String {
+    match e {
+        husk_protocol::ttrpc::Error::RpcStatus(status) => status.message().to_owned(),
+        other => other.to_string(),
+    }
 }
 
 /// The hybrid vsock handshake with retries; returns the connected stream.

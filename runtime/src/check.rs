@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use husk_vmm::machine::{kernel_format, HostCheck, KernelFormat};
 use serde::Serialize;
 
-use crate::hypervisor::{kvm_limitation, qemu, Backend, ConcreteBackend};
+use crate::hypervisor::{qemu, Backend, ConcreteBackend};
 
 /// How long `<qemu> --version` may take before it counts as broken.
 const VERSION_TIMEOUT: Duration = Duration::from_secs(5);
@@ -162,7 +162,7 @@ pub fn run_on(inputs: &CheckInputs, host: &HostCheck) -> CheckReport {
         hardware_module: host.hardware_kvm_module,
         emulating_kvm: host.pvm_only,
         runs_linux_guests: host.can_run_linux_guests(),
-        limitation: kvm_limitation(host).map(str::to_owned),
+        limitation: host.limitation().map(str::to_owned),
     };
     let qemu = check_qemu(&inputs.qemu, host);
     let kernel = check_kernel(&inputs.kernel);
@@ -196,11 +196,7 @@ pub fn run_on(inputs: &CheckInputs, host: &HostCheck) -> CheckReport {
 }
 
 fn check_qemu(program: &Path, host: &HostCheck) -> QemuStatus {
-    let accel = if host.can_run_linux_guests() {
-        "kvm"
-    } else {
-        "tcg"
-    };
+    let accel = qemu::Accel::for_host(host).name();
     let mut status = QemuStatus {
         program: program.display().to_string(),
         path: None,
@@ -411,7 +407,9 @@ impl CheckReport {
         let detail = if c.usable {
             let how = match c.resolved.backend {
                 ConcreteBackend::Builtin => "the builtin VMM on KVM".to_owned(),
-                ConcreteBackend::Qemu if self.qemu.accel == "kvm" => "QEMU on KVM".to_owned(),
+                ConcreteBackend::Qemu if self.qemu.accel == qemu::Accel::Kvm.name() => {
+                    "QEMU on KVM".to_owned()
+                }
                 ConcreteBackend::Qemu => "QEMU with TCG (software emulation, slow)".to_owned(),
             };
             format!("hypervisor = \"{}\": usable, runs {how}", c.backend)

@@ -27,6 +27,18 @@ impl HostProcess {
         Stat::read(self.pid).is_some_and(|s| s.start_time == self.start_time && !s.has_ended())
     }
 
+    /// Waits up to `timeout` for this process to end; whether it did.
+    pub fn wait_gone(&self, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while self.is_alive() {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        true
+    }
+
     /// Sends `signal`, if the process still runs.
     pub fn signal(&self, signal: libc::c_int) -> bool {
         // The check and the kill race with the pid being recycled only if

@@ -90,7 +90,7 @@ impl SandboxDir {
 
     /// The hybrid vsock Unix socket host clients connect to.
     pub fn vsock_socket(&self) -> PathBuf {
-        self.path.join("vsock.sock")
+        vsock_socket_in(&self.path)
     }
 
     /// The vhost-user socket of the vsock backend.
@@ -118,14 +118,14 @@ impl SandboxDir {
         self.path.join("qemu.log")
     }
 
-    /// The end of the guest console (at most [`LOG_TAIL`] bytes), where a
+    /// The end of the guest console (at most 4 KiB), where a
     /// failed boot says why; empty if there is none.
     pub fn console_tail(&self) -> String {
         read_tail(&self.console_log(), LOG_TAIL)
     }
 
-    /// The end of the hypervisor process's stderr (at most [`LOG_TAIL`]
-    /// bytes), where QEMU names a bad option or device; empty if none.
+    /// The end of the hypervisor process's stderr (at most 4 KiB), where
+    /// QEMU names a bad option or device; empty if none.
     pub fn hypervisor_log_tail(&self) -> String {
         read_tail(&self.hypervisor_log(), LOG_TAIL)
     }
@@ -151,16 +151,28 @@ pub fn validate_id(id: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// How much of a log's end goes into an error message.
-pub const LOG_TAIL: usize = 4096;
+/// The hybrid vsock socket of the sandbox directory at `dir`, for those
+/// that know the directory only by its path (the container's record).
+pub fn vsock_socket_in(dir: &Path) -> PathBuf {
+    dir.join("vsock.sock")
+}
 
-/// The last `max` bytes of `path`, lossily decoded and trimmed.
+/// How much of a log's end goes into an error message.
+const LOG_TAIL: usize = 4096;
+
+/// The last `max` bytes of `path`, lossily decoded and trimmed; only those
+/// are read (a debug console log can be large).
 fn read_tail(path: &Path, max: usize) -> String {
-    let data = std::fs::read(path).unwrap_or_default();
-    let start = data.len().saturating_sub(max);
-    String::from_utf8_lossy(data.get(start..).unwrap_or_default())
-        .trim()
-        .to_owned()
+    use std::io::{Read, Seek, SeekFrom};
+    let mut data = Vec::new();
+    if let Ok(mut file) = std::fs::File::open(path) {
+        let len = file.seek(SeekFrom::End(0)).unwrap_or(0);
+        let start = len.saturating_sub(max as u64);
+        if file.seek(SeekFrom::Start(start)).is_ok() {
+            let _ = file.take(max as u64).read_to_end(&mut data);
+        }
+    }
+    String::from_utf8_lossy(&data).trim().to_owned()
 }
 
 #[cfg(test)]

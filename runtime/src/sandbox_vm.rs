@@ -92,7 +92,7 @@ impl SandboxVm {
         let connect = agent_client::connect(&socket, AGENT_VSOCK_PORT, agent_timeout);
         let connected = tokio::select! {
             r = connect => Ok(r),
-            exit = vm_ended(hypervisor.as_mut()) => Err(exit),
+            exit = vm_ended(hypervisor.as_mut(), BOOT_POLL) => Err(exit),
         };
         match connected {
             Ok(Ok(agent)) => {
@@ -134,6 +134,13 @@ impl SandboxVm {
     /// The host process running the VM, if any.
     pub fn pid(&self) -> Option<u32> {
         self.hypervisor.pid()
+    }
+
+    /// Resolves once the VM has ended by itself (the guest powered off or
+    /// crashed, QEMU died), with how; checked every `poll`. Works the same
+    /// for a VM in its own process and one in this process.
+    pub async fn ended(&mut self, poll: Duration) -> VmExit {
+        vm_ended(self.hypervisor.as_mut(), poll).await
     }
 
     /// Destroys the sandbox in the guest, waits up to `grace` for the VM to
@@ -182,7 +189,7 @@ const BOOT_POLL: Duration = Duration::from_millis(10);
 /// process, or the builtin VMM's vCPU threads in this process) without
 /// blocking; if it cannot be asked, never resolves (the agent timeout then
 /// ends the boot).
-async fn vm_ended(hypervisor: &mut dyn Hypervisor) -> VmExit {
+async fn vm_ended(hypervisor: &mut dyn Hypervisor, poll: Duration) -> VmExit {
     loop {
         match hypervisor.wait(Duration::ZERO) {
             Ok(Some(exit)) => return exit,
@@ -192,7 +199,7 @@ async fn vm_ended(hypervisor: &mut dyn Hypervisor) -> VmExit {
                 return std::future::pending().await;
             }
         }
-        tokio::time::sleep(BOOT_POLL).await;
+        tokio::time::sleep(poll).await;
     }
 }
 

@@ -79,6 +79,11 @@ impl Record {
         }
     }
 
+    /// The hybrid vsock socket through which the sandbox's agent is reached.
+    pub fn agent_socket(&self) -> PathBuf {
+        crate::sandbox_dir::vsock_socket_in(&self.sandbox_dir)
+    }
+
     /// The OCI state document.
     pub fn state(&self) -> State {
         let status = self.current_status();

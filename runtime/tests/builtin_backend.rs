@@ -16,7 +16,7 @@ use husk_runtime::hypervisor::{
 };
 use husk_runtime::sandbox_dir::SandboxDir;
 use husk_runtime::sandbox_vm::{self, SandboxVm};
-use husk_vmm::machine::{self, ExitReason};
+use husk_vmm::machine::{self, ExitReason, HostCheck};
 use husk_vmm::test_support::{
     kvm_usable, one_vm_at_a_time, threads_settled, u32_at, vcpu_threads_settled, Kernel, Payload,
 };
@@ -40,7 +40,11 @@ fn spec(root: &Path, kernel: &Path) -> VmSpec {
 }
 
 fn builtin() -> Box<dyn Hypervisor> {
-    new_hypervisor(ConcreteBackend::Builtin, Path::new("unused-qemu"))
+    new_hypervisor(
+        ConcreteBackend::Builtin,
+        Path::new("unused-qemu"),
+        &HostCheck::run(),
+    )
 }
 
 /// Nothing of a VM is left: no vCPU or device thread, no vsock socket.

@@ -14,7 +14,7 @@ use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
@@ -126,12 +126,7 @@ impl Created {
     fn new(g: &Global, args: &CreateArgs) -> anyhow::Result<Self> {
         tracing::info!(stage = "cli", container = %args.id, "create");
         crate::store::check_id(&args.id)?;
-        if args.preserve_fds > 0 {
-            bail!(
-                "--preserve-fds {}: host file descriptors cannot be passed into a VM",
-                args.preserve_fds
-            );
-        }
+        refuse_preserved_fds(args.preserve_fds)?;
         let config = g.load_config()?;
         check_guest_files(&config)?;
         let bundle = Bundle::load(&args.bundle)?;
@@ -303,10 +298,7 @@ impl Drop for Created {
             // It cleans up after itself on SIGTERM, or after failing.
             if let Some(p) = self.record.sandbox {
                 p.signal(libc::SIGTERM);
-            }
-            let deadline = Instant::now() + SANDBOX_STOP_TIMEOUT;
-            while daemon.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
+                p.wait_gone(SANDBOX_STOP_TIMEOUT);
             }
             let _ = daemon.kill();
             let _ = daemon.wait();
@@ -373,7 +365,7 @@ pub fn proxy_command(
     let mut args: Vec<OsString> = vec![
         "proxy".into(),
         "--socket".into(),
-        sandbox_dir.join("vsock.sock").into(),
+        crate::sandbox_dir::vsock_socket_in(sandbox_dir).into(),
         "--exec-id".into(),
         exec_id.into(),
     ];
@@ -390,6 +382,14 @@ pub fn proxy_command(
     }
     args.push(id.into());
     args
+}
+
+/// `--preserve-fds N` with N > 0 is an error: host fds cannot cross into a VM.
+pub fn refuse_preserved_fds(count: u32) -> anyhow::Result<()> {
+    if count > 0 {
+        bail!("--preserve-fds {count}: host file descriptors cannot be passed into a VM");
+    }
+    Ok(())
 }
 
 /// The kernel and image must exist before anything starts.

@@ -8,7 +8,7 @@ use anyhow::{anyhow, bail, Context};
 use clap::Args;
 use oci_spec::runtime::{Process, Spec};
 
-use super::create::{proxy_command, random_name, write_pid_file};
+use super::create::{proxy_command, random_name, refuse_preserved_fds, write_pid_file};
 use super::Global;
 use crate::oci::state::Status;
 use crate::sandbox::host_cgroup::HostCgroup;
@@ -138,12 +138,7 @@ pub fn proxy(args: ProxyCliArgs) -> i32 {
 
 /// `husk exec`: returns the process's exit status (0 when detached).
 pub fn exec(g: &Global, args: ExecArgs) -> anyhow::Result<i32> {
-    if args.preserve_fds > 0 {
-        bail!(
-            "--preserve-fds {}: host file descriptors cannot be passed into a VM",
-            args.preserve_fds
-        );
-    }
+    refuse_preserved_fds(args.preserve_fds)?;
     let store = g.store();
     let record = store.load(&args.id)?;
     let status = record.current_status();
@@ -165,7 +160,7 @@ pub fn exec(g: &Global, args: ExecArgs) -> anyhow::Result<i32> {
         }
         return Ok(proxy::run(
             ProxyArgs {
-                socket: record.sandbox_dir.join("vsock.sock"),
+                socket: record.agent_socket(),
                 container_id: args.id.clone(),
                 exec_id,
                 exec_process: Some(process_json),

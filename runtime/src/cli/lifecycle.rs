@@ -1,24 +1,21 @@
 //! `start`, `kill`, `delete`, `pause` and `resume`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail};
 use clap::Args;
 use husk_protocol::agent::*;
 use husk_protocol::agent_ttrpc::AgentServiceClient;
-use husk_protocol::AGENT_VSOCK_PORT;
 
 use super::create::{remove_sandbox_dir, SANDBOX_STOP_TIMEOUT};
 use super::Global;
 use crate::agent_client;
+use crate::agent_client::{agent_message, ctx};
 use crate::oci::hooks;
 use crate::oci::state::Status;
 use crate::sandbox::host_cgroup::HostCgroup;
-use crate::sandbox::proxy::{agent_message, ctx, INIT_EXEC_ID};
+use crate::sandbox::proxy::INIT_EXEC_ID;
 use crate::store::Record;
-
-/// How long a CLI verb waits to reach the agent of a running sandbox.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `kill`'s flags.
 #[derive(Debug, Args)]
@@ -53,13 +50,9 @@ pub fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
 
 /// Connects to the agent of `record`'s sandbox.
 pub async fn connect(record: &Record) -> anyhow::Result<AgentServiceClient> {
-    agent_client::connect(
-        &record.sandbox_dir.join("vsock.sock"),
-        AGENT_VSOCK_PORT,
-        CONNECT_TIMEOUT,
-    )
-    .await
-    .map_err(|e| anyhow!("container {}: sandbox not reachable: {e}", record.id))
+    agent_client::connect_running(&record.agent_socket())
+        .await
+        .map_err(|e| anyhow!("container {}: sandbox not reachable: {e}", record.id))
 }
 
 /// The record of `id` with its status checked against `allowed`.
@@ -107,22 +100,26 @@ pub fn kill(g: &Global, args: KillArgs) -> anyhow::Result<()> {
         &[Status::Created, Status::Running, Status::Paused],
         "kill",
     )?;
-    block_on(async {
-        let agent = connect(&record).await?;
-        agent
-            .signal_process(
-                ctx(),
-                &SignalProcessRequest {
-                    container_id: args.id.clone(),
-                    exec_id: INIT_EXEC_ID.into(),
-                    signal,
-                    all: args.all,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| anyhow!("signalling container {}: {}", args.id, agent_message(&e)))
-    })??;
+    block_on(signal_init(&record, signal, args.all))?
+}
+
+/// Sends `signal` to the container's init process (`all`: to every process
+/// of the container) through the agent.
+async fn signal_init(record: &Record, signal: u32, all: bool) -> anyhow::Result<()> {
+    let agent = connect(record).await?;
+    agent
+        .signal_process(
+            ctx(),
+            &SignalProcessRequest {
+                container_id: record.id.clone(),
+                exec_id: INIT_EXEC_ID.into(),
+                signal,
+                all,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| anyhow!("signalling container {}: {}", record.id, agent_message(&e)))?;
     Ok(())
 }
 
@@ -176,38 +173,23 @@ pub fn delete_container(g: &Global, id: &str, force: bool) -> anyhow::Result<()>
         if let Some(init) = record.init {
             // The proxy ends when the guest process does; SIGKILL cannot
             // be forwarded, so end the guest process through the agent.
-            let killed = block_on(async {
-                let agent = connect(&record).await?;
-                agent
-                    .signal_process(
-                        ctx(),
-                        &SignalProcessRequest {
-                            container_id: id.into(),
-                            exec_id: INIT_EXEC_ID.into(),
-                            signal: libc::SIGKILL as u32,
-                            all: true,
-                            ..Default::default()
-                        },
-                    )
-                    .await
-                    .map_err(|e| anyhow!("{}", agent_message(&e)))
-            });
+            let killed = block_on(signal_init(&record, libc::SIGKILL as u32, true));
             if let Err(e) = killed.and_then(|r| r) {
                 tracing::debug!(container = id, "killing through the agent: {e}");
             }
-            wait_gone(init, Duration::from_secs(5));
+            init.wait_gone(Duration::from_secs(5));
             init.signal(libc::SIGKILL);
         }
     }
     if let Some(sandbox) = record.sandbox {
         sandbox.signal(libc::SIGTERM);
-        if !wait_gone(sandbox, SANDBOX_STOP_TIMEOUT) {
+        if !sandbox.wait_gone(SANDBOX_STOP_TIMEOUT) {
             tracing::warn!(
                 container = id,
                 "the sandbox process did not stop; killing it"
             );
             sandbox.signal(libc::SIGKILL);
-            wait_gone(sandbox, Duration::from_secs(5));
+            sandbox.wait_gone(Duration::from_secs(5));
         }
     }
     remove_sandbox_dir(&record.sandbox_dir);
@@ -223,18 +205,6 @@ pub fn delete_container(g: &Global, id: &str, force: bool) -> anyhow::Result<()>
     );
     store.remove(id)?;
     Ok(())
-}
-
-/// Waits up to `timeout` for `process` to end; whether it did.
-fn wait_gone(process: crate::host_process::HostProcess, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while process.is_alive() {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    true
 }
 
 /// A signal by number, name or SIG-name (case-insensitive).

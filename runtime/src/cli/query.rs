@@ -9,8 +9,8 @@ use serde_json::json;
 
 use super::lifecycle::{block_on, connect};
 use super::Global;
+use crate::agent_client::{agent_message, ctx};
 use crate::oci::state::{State, Status};
-use crate::sandbox::proxy::{agent_message, ctx};
 
 /// Output formats of `list` and `ps`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -9,8 +9,8 @@ use oci_spec::runtime::{LinuxCpu, LinuxMemory, LinuxPids, LinuxResources};
 
 use super::lifecycle::{block_on, connect};
 use super::Global;
+use crate::agent_client::{agent_message, ctx};
 use crate::oci::state::Status;
-use crate::sandbox::proxy::{agent_message, ctx};
 
 /// `update`'s flags (runc's).
 #[derive(Debug, Args)]

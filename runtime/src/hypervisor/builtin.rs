@@ -51,7 +51,7 @@ impl Builtin {
 fn build(spec: &VmSpec) -> Result<Vm, Error> {
     let dir = &spec.sandbox;
     let console_path = dir.console_log();
-    let console = File::create(&console_path).map_err(|source| Error::Console {
+    let console = File::create(&console_path).map_err(|source| Error::LogFile {
         path: console_path,
         source,
     })?;

@@ -101,9 +101,10 @@ pub enum Error {
     /// too little memory for kernel and initrd, a KVM failure, ...).
     #[error("builtin VMM: {0}")]
     Machine(#[source] husk_vmm::machine::Error),
-    /// The guest console log could not be created.
-    #[error("cannot create the console log {path}: {source}")]
-    Console {
+    /// A log file of the VM (the guest console, QEMU's stderr) could not
+    /// be created.
+    #[error("cannot create {path}: {source}")]
+    LogFile {
         /// The log's path.
         path: PathBuf,
         /// The cause.
@@ -319,7 +320,7 @@ impl Backend {
         match self {
             Backend::Builtin => (ConcreteBackend::Builtin, "configured: builtin".into()),
             Backend::Qemu => (ConcreteBackend::Qemu, "configured: qemu".into()),
-            Backend::Auto => match kvm_limitation(host) {
+            Backend::Auto => match host.limitation() {
                 None => (
                     ConcreteBackend::Builtin,
                     "KVM has hardware virtualization, so the builtin VMM runs Linux guests".into(),
@@ -333,32 +334,24 @@ impl Backend {
     }
 }
 
-/// Why `host`'s KVM cannot run Linux guests; `None` when it can.
-pub fn kvm_limitation(host: &HostCheck) -> Option<&'static str> {
-    if host.can_run_linux_guests() {
-        return None;
-    }
-    Some(if !host.kvm_present {
-        "/dev/kvm does not exist"
-    } else if !host.kvm_openable {
-        "/dev/kvm cannot be opened read-write"
-    } else if host.pvm_only {
-        "KVM is the emulating kvm_pvm, which cannot run Linux guests"
-    } else {
-        "the CPU shows no hardware virtualization (no vmx/svm, no kvm_intel/kvm_amd)"
-    })
-}
-
-/// A hypervisor of the given backend. `qemu_program` is a path or a name
-/// looked up in `PATH` (used by the QEMU backend only; a missing program is
-/// reported when the VM starts).
-pub fn new_hypervisor(backend: ConcreteBackend, qemu_program: &Path) -> Box<dyn Hypervisor> {
+/// A hypervisor of the given backend for `host` (as inspected by the
+/// caller, who resolved the backend with it). `qemu_program` is a path or a
+/// name looked up in `PATH` (used by the QEMU backend only; a missing
+/// program is reported when the VM starts).
+pub fn new_hypervisor(
+    backend: ConcreteBackend,
+    qemu_program: &Path,
+    host: &HostCheck,
+) -> Box<dyn Hypervisor> {
     match backend {
         ConcreteBackend::Builtin => Box::new(builtin::Builtin::new()),
         ConcreteBackend::Qemu => {
             let program =
                 qemu::find_program(qemu_program).unwrap_or_else(|| qemu_program.to_owned());
-            Box::new(qemu::Qemu::with_program(program, qemu::Accel::detect()))
+            Box::new(qemu::Qemu::with_program(
+                program,
+                qemu::Accel::for_host(host),
+            ))
         }
     }
 }
@@ -529,7 +522,8 @@ mod tests {
     #[test]
     fn new_hypervisor_builds_an_idle_backend_of_each_kind() {
         for backend in [ConcreteBackend::Builtin, ConcreteBackend::Qemu] {
-            let mut hv = new_hypervisor(backend, Path::new("qemu-system-x86_64"));
+            let mut hv =
+                new_hypervisor(backend, Path::new("qemu-system-x86_64"), &HostCheck::run());
             assert_eq!(hv.pid(), None);
             assert_eq!(hv.wait(Duration::ZERO).unwrap(), None);
             assert_eq!(hv.stop(Duration::ZERO).unwrap(), Stopped::NotRunning);
@@ -537,7 +531,11 @@ mod tests {
         // A QEMU program that is not there is reported when a VM starts.
         let root = tempfile::tempdir().unwrap();
         let s = spec(root.path());
-        let mut hv = new_hypervisor(ConcreteBackend::Qemu, &root.path().join("no-qemu"));
+        let mut hv = new_hypervisor(
+            ConcreteBackend::Qemu,
+            &root.path().join("no-qemu"),
+            &HostCheck::run(),
+        );
         assert!(matches!(hv.start(&s), Err(Error::MissingProgram(_))));
     }
 }

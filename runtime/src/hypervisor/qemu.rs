@@ -40,10 +40,23 @@ pub enum Accel {
 impl Accel {
     /// KVM where this host's KVM can run Linux guests, TCG otherwise.
     pub fn detect() -> Self {
-        if HostCheck::run().can_run_linux_guests() {
+        Self::for_host(&HostCheck::run())
+    }
+
+    /// KVM where `host`'s KVM can run Linux guests, TCG otherwise.
+    pub fn for_host(host: &HostCheck) -> Self {
+        if host.can_run_linux_guests() {
             Accel::Kvm
         } else {
             Accel::Tcg
+        }
+    }
+
+    /// QEMU's name for it (`-accel kvm|tcg`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
         }
     }
 }
@@ -59,8 +72,10 @@ pub struct Qemu {
 struct RunningVm {
     child: Child,
     status: Option<ExitStatus>,
-    vsock: ServeHandle,
-    fs: ServeHandle,
+    /// Held for as long as QEMU may use them: dropping a handle stops its
+    /// backend and removes its socket.
+    _vsock: ServeHandle,
+    _fs: ServeHandle,
 }
 
 impl Qemu {
@@ -77,11 +92,6 @@ impl Qemu {
             accel,
             vm: None,
         }
-    }
-
-    /// The accelerator in use.
-    pub fn accel(&self) -> Accel {
-        self.accel
     }
 
     fn check(&self, spec: &VmSpec) -> Result<(), Error> {
@@ -119,8 +129,8 @@ impl Hypervisor for Qemu {
         })?;
 
         let log_path = dir.hypervisor_log();
-        let stderr = File::create(&log_path).map_err(|source| Error::Spawn {
-            program: log_path.clone(),
+        let stderr = File::create(&log_path).map_err(|source| Error::LogFile {
+            path: log_path.clone(),
             source,
         })?;
         let args = command_line(spec, self.accel);
@@ -143,8 +153,8 @@ impl Hypervisor for Qemu {
         self.vm = Some(RunningVm {
             child,
             status: None,
-            vsock,
-            fs,
+            _vsock: vsock,
+            _fs: fs,
         });
         Ok(())
     }
@@ -169,25 +179,25 @@ impl Hypervisor for Qemu {
     }
 
     fn stop(&mut self, grace: Duration) -> Result<Stopped, Error> {
-        let mut outcome = match self.wait(grace)? {
-            Some(exit) => Stopped::Exited(exit),
-            None => Stopped::NotRunning,
+        let ended = self.wait(grace)?;
+        let Some(mut vm) = self.vm.take() else {
+            return Ok(Stopped::NotRunning);
         };
-        if let (Stopped::NotRunning, Some(vm)) = (&outcome, self.vm.as_mut()) {
-            tracing::warn!(
-                pid = vm.child.id(),
-                "VM did not end by itself; killing QEMU"
-            );
-            // The child is ours and not yet reaped, so its pid is still ours.
-            vm.child.kill().map_err(Error::Process)?;
-            vm.status = Some(vm.child.wait().map_err(Error::Process)?);
-            outcome = Stopped::Killed;
+        if let Some(exit) = ended {
+            // Dropping `vm` stops the device backends and removes their sockets.
+            return Ok(Stopped::Exited(exit));
         }
-        if let Some(mut vm) = self.vm.take() {
-            vm.vsock.stop();
-            vm.fs.stop();
+        tracing::warn!(
+            pid = vm.child.id(),
+            "VM did not end by itself; killing QEMU"
+        );
+        // The child is ours and not yet reaped, so its pid is still ours.
+        if let Err(e) = vm.child.kill().and_then(|()| vm.child.wait()) {
+            // Kept, so that a later stop (or drop) tries again.
+            self.vm = Some(vm);
+            return Err(Error::Process(e));
         }
-        Ok(outcome)
+        Ok(Stopped::Killed)
     }
 
     fn pid(&self) -> Option<u32> {

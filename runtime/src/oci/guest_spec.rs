@@ -13,8 +13,6 @@ use oci_spec::runtime::{Mount, Spec};
 
 /// Where the agent mounts the sandbox share in the guest.
 pub const GUEST_SHARE: &str = "/run/husk/shared";
-/// The virtio-fs tag of the share.
-pub const SHARE_TAG: &str = "husk";
 
 /// Errors translating a spec.
 #[derive(Debug, thiserror::Error)]

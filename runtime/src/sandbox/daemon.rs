@@ -14,19 +14,23 @@ use husk_protocol::agent::*;
 use husk_protocol::agent_ttrpc::AgentServiceClient;
 use tokio::signal::unix::{signal, SignalKind};
 
-use super::proxy::{agent_message, ctx, INIT_EXEC_ID};
+use super::proxy::INIT_EXEC_ID;
 use super::share::{self, Share};
 use super::spawn::Reporter;
+use crate::agent_client::{agent_message, ctx};
 use crate::config::Config;
+use crate::hypervisor::FS_TAG;
 use crate::hypervisor::{self, VmSpec};
 use crate::oci::bundle::Bundle;
-use crate::oci::guest_spec::{self, GUEST_SHARE, SHARE_TAG};
+use crate::oci::guest_spec::{self, GUEST_SHARE};
 use crate::sandbox_dir::SandboxDir;
 use crate::sandbox_vm::SandboxVm;
 use crate::store::Store;
 
 /// How long the VM gets to power off after the agent destroyed the sandbox.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How often the sandbox process checks that its VM still runs.
+const VM_WATCH: Duration = Duration::from_millis(250);
 /// How long the agent gets to remove the container on shutdown.
 const REMOVE_TIMEOUT_SECS: u32 = 5;
 
@@ -49,7 +53,7 @@ pub fn run(store: &Store, id: &str, config: &Config, mut reporter: Reporter) -> 
                 return 1;
             }
         };
-        let sandbox = match Sandbox::up(store, id, config).await {
+        let mut sandbox = match Sandbox::up(store, id, config).await {
             Ok(sandbox) => sandbox,
             Err(message) => {
                 tracing::error!(container = id, "{message}");
@@ -58,10 +62,9 @@ pub fn run(store: &Store, id: &str, config: &Config, mut reporter: Reporter) -> 
             }
         };
         reporter.ok();
-        let vm_pid = sandbox.vm.pid();
         tokio::select! {
             _ = term.recv() => tracing::info!(container = id, "stopping the sandbox"),
-            () = vm_ended(vm_pid) => tracing::warn!(container = id, "the VM ended by itself"),
+            exit = sandbox.vm.ended(VM_WATCH) => tracing::warn!(container = id, %exit, "the VM ended by itself"),
         }
         sandbox.down(id).await;
         0
@@ -92,9 +95,8 @@ impl Sandbox {
             .and_then(|l| l.resources().as_ref());
         let size = config.vm_size(resources);
         let dir = sandbox_dir_of(&record.sandbox_dir).map_err(|e| e.to_string())?;
-        let (backend, _) = config
-            .hypervisor
-            .resolve(&husk_vmm::machine::HostCheck::run());
+        let host = husk_vmm::machine::HostCheck::run();
+        let (backend, _) = config.hypervisor.resolve(&host);
         let mut kernel_args = Vec::new();
         if config.guest.debug_console {
             kernel_args.push("loglevel=7".to_owned());
@@ -107,7 +109,7 @@ impl Sandbox {
             kernel_args,
             sandbox: dir,
         };
-        let hv = hypervisor::new_hypervisor(backend, &config.qemu.path);
+        let hv = hypervisor::new_hypervisor(backend, &config.qemu.path, &host);
         let timeout = Duration::from_secs(config.guest.boot_timeout_secs.into());
         let vm = SandboxVm::boot(hv, spec, timeout)
             .await
@@ -141,7 +143,7 @@ impl Sandbox {
         let agent: &AgentServiceClient = self.vm.agent();
         let storage = Storage {
             driver: "virtiofs".into(),
-            source: SHARE_TAG.into(),
+            source: FS_TAG.into(),
             mount_point: GUEST_SHARE.into(),
             ..Default::default()
         };
@@ -219,17 +221,4 @@ pub fn sandbox_dir_of(path: &Path) -> Result<SandboxDir, crate::sandbox_dir::Err
         .and_then(|n| n.to_str())
         .unwrap_or_default();
     SandboxDir::new(path.parent().unwrap_or(Path::new("/")), name)
-}
-
-/// Resolves once the VM's host process has ended; never for an in-process VM.
-async fn vm_ended(pid: Option<u32>) {
-    let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) else {
-        return std::future::pending().await;
-    };
-    let Some(process) = crate::host_process::HostProcess::of(pid) else {
-        return;
-    };
-    while process.is_alive() {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }

@@ -19,18 +19,15 @@ use std::time::Duration;
 use husk_protocol::agent::*;
 use husk_protocol::agent_ttrpc::AgentServiceClient;
 use husk_protocol::ttrpc::context;
-use husk_protocol::AGENT_VSOCK_PORT;
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::host_cgroup::HostCgroup;
 use super::spawn::Reporter;
 use super::tty;
-use crate::agent_client;
+use crate::agent_client::{self, agent_message, ctx};
 
 /// The exec id of every container's init process.
 pub const INIT_EXEC_ID: &str = "init";
-/// How long to wait for the agent behind the sandbox's vsock socket.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How much output to ask the agent for at a time.
 const READ_CHUNK: u32 = 64 * 1024;
 /// How long output may keep flowing after the process exited (a background
@@ -128,7 +125,7 @@ pub fn run(args: ProxyArgs, go: Option<OwnedFd>, mut reporter: Reporter) -> i32 
 }
 
 async fn attach(args: &ProxyArgs) -> Result<(Arc<AgentServiceClient>, HostIo), String> {
-    let agent = agent_client::connect(&args.socket, AGENT_VSOCK_PORT, CONNECT_TIMEOUT)
+    let agent = agent_client::connect_running(&args.socket)
         .await
         .map_err(|e| e.to_string())?;
     let io = host_io(args)?;
@@ -421,17 +418,4 @@ async fn resize(agent: &AgentServiceClient, id: &(String, String), terminal: &Ow
             },
         )
         .await;
-}
-
-/// A context for short agent calls.
-pub fn ctx() -> context::Context {
-    context::with_timeout(Duration::from_secs(30).as_nanos() as i64)
-}
-
-/// The agent's own message from a ttrpc error.
-pub fn agent_message(e: &husk_protocol::ttrpc::Error) -> String {
-    match e {
-        husk_protocol::ttrpc::Error::RpcStatus(status) => status.message().to_owned(),
-        other => other.to_string(),
-    }
 }

@@ -1,6 +1,7 @@
 //! Can this host's KVM run Linux guests? Checked before booting anything.
 
 use std::fs;
+use std::os::fd::{FromRawFd, IntoRawFd};
 use std::path::Path;
 
 use kvm_ioctls::Kvm;
@@ -33,20 +34,21 @@ impl HostCheck {
     pub fn inspect(root: &Path) -> Self {
         let kvm_dev = root.join("dev/kvm");
         let kvm_present = kvm_dev.exists();
-        let opened = if kvm_present {
-            fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&kvm_dev)
-                .is_ok()
-        } else {
-            false
-        };
-        let kvm_api_version = if opened && root == Path::new("/") {
-            Kvm::new().ok().map(|kvm| kvm.get_api_version())
-        } else {
-            None
-        };
+        let device = kvm_present
+            .then(|| {
+                fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&kvm_dev)
+                    .ok()
+            })
+            .flatten();
+        let opened = device.is_some();
+        let kvm_api_version = device.filter(|_| root == Path::new("/")).map(|file| {
+            // SAFETY: the fd is the /dev/kvm just opened, owned by nothing else.
+            let kvm = unsafe { Kvm::from_raw_fd(file.into_raw_fd()) };
+            kvm.get_api_version()
+        });
         let cpuinfo = fs::read_to_string(root.join("proc/cpuinfo")).unwrap_or_default();
         let cpu_has_virtualization = cpuinfo
             .lines()
@@ -67,9 +69,23 @@ impl HostCheck {
 
     /// Whether the builtin VMM can boot a stock Linux guest here.
     pub fn can_run_linux_guests(&self) -> bool {
-        self.kvm_openable
-            && !self.pvm_only
-            && (self.cpu_has_virtualization || self.hardware_kvm_module)
+        self.limitation().is_none()
+    }
+
+    /// Why this host's KVM cannot run Linux guests, for a person to read;
+    /// `None` when it can.
+    pub fn limitation(&self) -> Option<&'static str> {
+        if !self.kvm_present {
+            Some("/dev/kvm does not exist")
+        } else if !self.kvm_openable {
+            Some("/dev/kvm cannot be opened read-write")
+        } else if self.pvm_only {
+            Some("KVM is the emulating kvm_pvm, which cannot run Linux guests")
+        } else if !(self.cpu_has_virtualization || self.hardware_kvm_module) {
+            Some("the CPU shows no hardware virtualization (no vmx/svm, no kvm_intel/kvm_amd)")
+        } else {
+            None
+        }
     }
 }
 
