@@ -12,13 +12,15 @@
 //! Whatever it creates (containers, sandboxes, their processes, mounts, the
 //! temporary directory) is taken down on the way out, failed or not.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use husk_runtime::host_process::HostProcess;
+use husk_runtime::host_process::{HostProcess, Stat};
+use husk_runtime::sandbox::share;
 use husk_runtime::store::Store;
 use husk_tests::bench::{median, peer_run, peers};
 use husk_tests::{containers, guest, rootfs};
@@ -148,11 +150,8 @@ impl World {
     fn bundle(&self, name: &str, args: &[&str]) -> Result<PathBuf, String> {
         let dir = self.tmp.path().join(name);
         rootfs::busybox(&dir.join("rootfs")).map_err(|e| format!("busybox rootfs: {e}"))?;
-        let mut spec = containers::spec(args);
-        if let Some(mut process) = spec.process().clone() {
-            process.set_terminal(Some(false));
-            spec.set_process(Some(process));
-        }
+        // No terminal: oci-spec's default process has none.
+        let spec = containers::spec(args);
         spec.save(dir.join("config.json"))
             .map_err(|e| format!("config.json: {e}"))?;
         Ok(dir)
@@ -207,13 +206,13 @@ impl World {
         self.husk(&log, &["run", "--bundle", bundle, id])?;
         let total = started.elapsed();
         let text = std::fs::read_to_string(&log).map_err(|e| format!("{id}'s log: {e}"))?;
-        let since = |stage: &str| stage_offset(&text, stage, spawned);
+        let logged = stage_times(&text);
         let mut ends = Vec::with_capacity(STAGES.len());
         for (stage, _) in STAGES {
-            ends.push(
-                since(stage)
-                    .ok_or_else(|| format!("{id}: no `{stage}` stage in the log:\n{text}"))?,
-            );
+            let at = logged
+                .get(stage)
+                .ok_or_else(|| format!("{id}: no `{stage}` stage in the log:\n{text}"))?;
+            ends.push(at.duration_since(spawned).unwrap_or(Duration::ZERO));
         }
         Ok(RunSample { ends, total })
     }
@@ -280,7 +279,7 @@ impl World {
         if left(&self.root) > 0 || left(&self.sandboxes) > 0 {
             return Err("state or sandbox directories left behind".into());
         }
-        if !mounts_under(self.tmp.path()).is_empty() {
+        if share::has_mounts_under(self.tmp.path()) {
             return Err("mounts left behind".into());
         }
         if self.seen.iter().any(HostProcess::is_alive) {
@@ -311,15 +310,15 @@ impl Drop for World {
             reap_children();
             seen.iter().all(|p| !p.is_alive())
         });
-        // Deepest first, detached: the directory's removal must never reach
-        // through a bind into what it shares.
-        let mut mounts = mounts_under(self.tmp.path());
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for mount in mounts {
-            eprintln!("oci_run: cleanup: unmounting {mount}");
-            if let Err(e) = nix::mount::umount2(mount.as_str(), nix::mount::MntFlags::MNT_DETACH) {
-                eprintln!("oci_run: cleanup: umount {mount}: {e}");
-            }
+        share::unmount_all_under(self.tmp.path());
+        if share::has_mounts_under(self.tmp.path()) {
+            // The directory's removal must never reach through a bind into
+            // what it shares: keep it.
+            eprintln!(
+                "oci_run: cleanup: mounts remain under {}; not removing it",
+                self.tmp.path().display()
+            );
+            self.tmp.disable_cleanup(true);
         }
     }
 }
@@ -345,15 +344,28 @@ impl RunSample {
     }
 }
 
-/// When `stage` was first logged in `log`, relative to `since`.
-fn stage_offset(log: &str, stage: &str, since: SystemTime) -> Option<Duration> {
-    let line = log
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["stage"] == stage)?;
-    let time = chrono::DateTime::parse_from_rfc3339(line["time"].as_str()?).ok()?;
-    let at = UNIX_EPOCH + Duration::from_nanos(u64::try_from(time.timestamp_nanos_opt()?).ok()?);
-    Some(at.duration_since(since).unwrap_or(Duration::ZERO))
+/// When each stage was first logged in `log` (JSON lines with a `stage`).
+fn stage_times(log: &str) -> HashMap<String, SystemTime> {
+    let mut times = HashMap::new();
+    for line in log.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let (Some(stage), Some(time)) = (v["stage"].as_str(), v["time"].as_str()) else {
+            continue;
+        };
+        let Some(nanos) = chrono::DateTime::parse_from_rfc3339(time)
+            .ok()
+            .and_then(|t| t.timestamp_nanos_opt())
+            .and_then(|n| u64::try_from(n).ok())
+        else {
+            continue;
+        };
+        times
+            .entry(stage.to_owned())
+            .or_insert(UNIX_EPOCH + Duration::from_nanos(nanos));
+    }
+    times
 }
 
 fn timing_report(husk: &[RunSample], peers: &[&str], peer_times: &[Vec<Duration>]) -> String {
@@ -473,19 +485,23 @@ fn memory_row(
     );
 }
 
-/// Waits for `child` up to `timeout`; kills it (by its pid) past that.
+/// Waits for `child` up to `timeout`, blocking (so that the time measured
+/// is not rounded up to a polling interval); kills it past that.
 fn wait_child(mut child: Child, timeout: Duration) -> Result<ExitStatus, String> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return Ok(status),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("no exit within {timeout:?}: killed"));
+    let process = HostProcess::of(child.id() as i32);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(Ok(status)) => Ok(status),
+        Ok(Err(e)) => Err(format!("waiting: {e}")),
+        Err(_) => {
+            if let Some(p) = process {
+                p.signal(libc::SIGKILL);
             }
-            Err(e) => return Err(format!("waiting: {e}")),
+            let _ = rx.recv_timeout(Duration::from_secs(10));
+            Err(format!("no exit within {timeout:?}: killed"))
         }
     }
 }
@@ -521,7 +537,7 @@ fn descendants(pid: i32) -> Vec<i32> {
         .flatten()
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(|p| Some((p, parent_of(p)?)))
+        .filter_map(|p| Some((p, Stat::read(p)?.ppid)))
         .collect();
     let mut found = vec![pid];
     let mut i = 0;
@@ -539,31 +555,10 @@ fn descendants(pid: i32) -> Vec<i32> {
     found
 }
 
-/// The parent pid of `pid` (`/proc/<pid>/stat` field 4).
-fn parent_of(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_whitespace().nth(1)?.parse().ok()
-}
-
 fn comm(pid: i32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .map(|c| c.trim().to_owned())
         .unwrap_or_else(|_| format!("pid {pid}"))
-}
-
-/// The mount points under `dir` in our mount namespace.
-fn mounts_under(dir: &Path) -> Vec<String> {
-    let Some(prefix) = dir.to_str() else {
-        return Vec::new();
-    };
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(4))
-        .filter(|m| m.starts_with(prefix))
-        .map(str::to_owned)
-        .collect()
 }
 
 fn path_str(path: &Path) -> Result<&str, String> {

@@ -54,6 +54,8 @@ impl HostProcess {
 pub struct Stat {
     /// The state letter (R, S, D, Z, X, ...).
     pub state: char,
+    /// The parent's pid.
+    pub ppid: i32,
     /// Start time in clock ticks since boot.
     pub start_time: u64,
 }
@@ -74,9 +76,14 @@ impl Stat {
         let (_, rest) = text.rsplit_once(')')?;
         let mut fields = rest.split_whitespace();
         let state = fields.next()?.chars().next()?;
-        // Field 3 is the state; field 22 the start time: 19 further on.
-        let start_time = fields.nth(18)?.parse().ok()?;
-        Some(Self { state, start_time })
+        // Field 3 is the state, 4 the parent; 22 the start time, 18 further on.
+        let ppid = fields.next()?.parse().ok()?;
+        let start_time = fields.nth(17)?.parse().ok()?;
+        Some(Self {
+            state,
+            ppid,
+            start_time,
+        })
     }
 
     /// Whether the process has ended (zombie or dead).
@@ -94,6 +101,7 @@ mod tests {
         let line = "42 (a) b (c) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
         let stat = Stat::parse(line).unwrap();
         assert_eq!(stat.state, 'S');
+        assert_eq!(stat.ppid, 1);
         assert_eq!(stat.start_time, 987654);
         assert!(Stat::parse("garbage").is_none());
     }

@@ -13,8 +13,10 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use husk_runtime::host_process::Stat;
+use husk_runtime::store::Store;
 use husk_tests::guest::{self, GuestArtifacts};
-use husk_tests::rootfs;
+use husk_tests::{containers, rootfs};
 use oci_spec::runtime::Spec;
 
 fn artifacts() -> &'static GuestArtifacts {
@@ -127,15 +129,8 @@ impl World {
     fn bundle(&self, name: &str, args: &[&str], tweak: impl FnOnce(&mut Spec)) -> PathBuf {
         let dir = self.tmp.path().join(name);
         rootfs::busybox(&dir.join("rootfs")).unwrap();
-        let mut spec = Spec::default();
-        let mut process = spec.process().clone().unwrap();
-        process.set_args(Some(args.iter().map(|s| s.to_string()).collect()));
-        process.set_terminal(Some(false));
-        process.set_env(Some(vec!["PATH=/bin".into(), "HOME=/root".into()]));
-        spec.set_process(Some(process));
-        let mut root = spec.root().clone().unwrap();
-        root.set_readonly(Some(false));
-        spec.set_root(Some(root));
+        // No terminal: oci-spec's default process has none.
+        let mut spec = containers::spec(args);
         tweak(&mut spec);
         spec.save(dir.join("config.json")).unwrap();
         dir
@@ -195,13 +190,10 @@ impl Drop for World {
     /// A failed test must not leave VMs behind, nor let the temporary
     /// directory's removal reach through a sandbox's binds.
     fn drop(&mut self) {
-        let ids = std::fs::read_dir(&self.root)
-            .map(|d| d.count())
-            .unwrap_or(0);
-        if ids > 0 {
-            for id in self.ok(&["list", "-q"]).lines() {
-                let _ = self.husk(&["delete", "--force", id]);
-            }
+        // Never panics: a panic here, while a failed test unwinds, would
+        // abort the test binary and hide the failure.
+        for id in Store::new(&self.root).ids().unwrap_or_default() {
+            let _ = self.husk(&["delete", "--force", &id]);
         }
     }
 }
@@ -222,13 +214,10 @@ fn wait_pid(pid: i32, timeout: Duration) -> i32 {
 }
 
 fn process_alive(pid: i64) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    !matches!(
-        stat.rsplit_once(") ").map(|(_, r)| &r[..1]),
-        Some("Z") | Some("X")
-    )
+    i32::try_from(pid)
+        .ok()
+        .and_then(Stat::read)
+        .is_some_and(|s| !s.has_ended())
 }
 
 fn wait_for_file(path: &Path, needle: &str, timeout: Duration) -> String {

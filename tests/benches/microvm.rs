@@ -11,6 +11,7 @@ use husk_runtime::hypervisor::qemu::Qemu;
 use husk_runtime::hypervisor::VmSpec;
 use husk_runtime::sandbox_dir::SandboxDir;
 use husk_runtime::sandbox_vm::SandboxVm;
+use husk_tests::bench::median;
 use husk_tests::containers::{self, ctx, GUEST_SHARED};
 use husk_tests::{guest, rootfs};
 
@@ -76,11 +77,6 @@ async fn one_boot(artifacts: &guest::GuestArtifacts, round: usize) -> Sample {
     }
 }
 
-fn median<T: Ord + Copy>(mut values: Vec<T>) -> T {
-    values.sort();
-    values[values.len() / 2]
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let work = tempfile::tempdir().expect("tempdir");
@@ -95,14 +91,18 @@ async fn main() {
     println!("| --- | --- |");
     println!(
         "| QEMU launch → first Check reply | {:.0} ms |",
-        ms(median(samples.iter().map(|s| s.to_check).collect()))
+        ms(median(
+            &samples.iter().map(|s| s.to_check).collect::<Vec<_>>()
+        ))
     );
     println!(
         "| QEMU launch → container's first output byte | {:.0} ms |",
-        ms(median(samples.iter().map(|s| s.to_first_byte).collect()))
+        ms(median(
+            &samples.iter().map(|s| s.to_first_byte).collect::<Vec<_>>()
+        ))
     );
     println!(
         "| guest memory in use after boot (MemTotal − MemAvailable) | {} MiB |",
-        median(samples.iter().map(|s| s.mem_used_kib).collect()) / 1024
+        median(&samples.iter().map(|s| s.mem_used_kib).collect::<Vec<_>>()) / 1024
     );
 }

@@ -53,10 +53,9 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long teardown's `docker rm -f` of what a failed test left running
 /// may take before the daemons are stopped regardless.
 const REMOVE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Where husk keeps its per-sandbox state by default, and how deep below it
-/// a directory named by a container ID may sit (`vm/<sandbox>/shared/<id>`).
-const HUSK_RUN_DIR: &str = "/run/husk";
-const HUSK_RUN_DEPTH: usize = 4;
+/// How deep below a runtime's state directory an entry named by a container
+/// ID may sit (husk: `<sandbox>/shared/<id>`).
+const STATE_DEPTH: usize = 3;
 /// How long processes left by the daemons (shims) get to exit by themselves
 /// before they count as leftovers.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -78,6 +77,10 @@ pub struct Runtime {
     pub path: PathBuf,
     /// Arguments dockerd puts before the runc-style global flags and verb.
     pub args: Vec<String>,
+    /// Where the runtime keeps per-container state of its own, outside the
+    /// `--root` dockerd gives it (husk: its sandbox directories); searched
+    /// at teardown for entries named by a container ID.
+    pub state_dirs: Vec<PathBuf>,
 }
 
 /// What a daemon's teardown found left behind, before it removed it.
@@ -124,6 +127,8 @@ pub struct DockerDaemon {
     /// Directories outside `root` that the daemons create on first use
     /// (plugin and shim socket directories) and that did not exist before.
     host_dirs: Vec<PathBuf>,
+    /// The registered runtimes' own state directories.
+    state_dirs: Vec<PathBuf>,
     cidfiles: AtomicUsize,
     torn_down: bool,
     _serial: MutexGuard<'static, ()>,
@@ -161,6 +166,10 @@ impl DockerDaemon {
             containerd: None,
             dockerd: None,
             host_dirs,
+            state_dirs: runtimes
+                .iter()
+                .flat_map(|r| r.state_dirs.iter().cloned())
+                .collect(),
             cidfiles: AtomicUsize::new(0),
             torn_down: false,
             _serial: serial,
@@ -175,11 +184,6 @@ impl DockerDaemon {
     /// The daemons' private directory.
     pub fn root(&self) -> &Path {
         &self.root
-    }
-
-    /// The cgroup parent of every container (`--cgroup-parent`).
-    pub fn cgroup_parent(&self) -> &str {
-        &self.cgroup_parent
     }
 
     /// The Docker CLI, pointed at this daemon, stdin from /dev/null.
@@ -200,11 +204,7 @@ impl DockerDaemon {
     /// Runs `docker <args>` with [`COMMAND_TIMEOUT`]; panics (naming the
     /// command and what it printed) if it hangs.
     pub fn docker(&self, args: &[&str]) -> Output {
-        self.docker_timeout(args, COMMAND_TIMEOUT)
-    }
-
-    /// [`DockerDaemon::docker`] with its own deadline.
-    pub fn docker_timeout(&self, args: &[&str], timeout: Duration) -> Output {
+        let timeout = COMMAND_TIMEOUT;
         match timed::output(self.command().args(args), timeout) {
             Ok(Ok(out)) => out,
             Ok(Err(hung)) => panic!(
@@ -328,11 +328,11 @@ impl DockerDaemon {
              [debug]\n  address = \"\"\n\
              [metrics]\n  address = \"\"\n\
              [plugins.\"io.containerd.internal.v1.opt\"]\n  path = {opt}\n",
-            root = quoted(&root.join("containerd-root")),
-            state = quoted(&root.join("containerd-state")),
-            grpc = quoted(&self.containerd_socket()),
-            ttrpc = quoted(&root.join("containerd.sock.ttrpc")),
-            opt = quoted(&root.join("containerd-opt")),
+            root = husk::toml_string(&root.join("containerd-root")),
+            state = husk::toml_string(&root.join("containerd-state")),
+            grpc = husk::toml_string(&self.containerd_socket()),
+            ttrpc = husk::toml_string(&root.join("containerd.sock.ttrpc")),
+            opt = husk::toml_string(&root.join("containerd-opt")),
         );
         std::fs::write(&config, text)?;
         let mut cmd = Command::new(CONTAINERD);
@@ -388,13 +388,16 @@ impl DockerDaemon {
             if ready(self) {
                 return Ok(());
             }
-            let child = match name {
-                "containerd" => self.containerd.as_mut(),
-                _ => self.dockerd.as_mut(),
-            };
-            if let Some(status) = child.and_then(|c| c.try_wait().ok().flatten()) {
+            // Either daemon dying ends the wait: dockerd needs containerd.
+            let exited = [
+                ("containerd", self.containerd.as_mut()),
+                ("dockerd", self.dockerd.as_mut()),
+            ]
+            .into_iter()
+            .find_map(|(daemon, child)| Some((daemon, child?.try_wait().ok()??)));
+            if let Some((daemon, status)) = exited {
                 bail!(
-                    "{name} exited ({status}) while starting\n{}",
+                    "{daemon} exited ({status}) while {name} was starting\n{}",
                     self.log_tails(40)
                 );
             }
@@ -424,8 +427,11 @@ impl DockerDaemon {
         markers.extend(ids.iter().cloned());
         let mut found = self.find_leftovers(&ids, &markers);
         // Leftovers are reported, then removed all the same.
-        let mut failed = self.clean(&found);
-        found.paths.append(&mut failed);
+        for path in self.clean(&found) {
+            if !found.paths.contains(&path) {
+                found.paths.push(path);
+            }
+        }
         found
     }
 
@@ -459,17 +465,21 @@ impl DockerDaemon {
             thread::sleep(Duration::from_millis(100));
         };
         let mut paths = Vec::new();
-        paths.extend(leftovers::entries_named(
-            Path::new(HUSK_RUN_DIR),
-            ids,
-            HUSK_RUN_DEPTH,
-        ));
+        for dir in &self.state_dirs {
+            paths.extend(leftovers::entries_named(dir, ids, STATE_DEPTH));
+        }
+        // dockerd gives each runtime `--root <exec-root>/runtime-<name>/moby`.
+        let runtime_roots: Vec<PathBuf> = std::fs::read_dir(self.root.join("exec"))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.path().join(NAMESPACE))
+                    .collect()
+            })
+            .unwrap_or_default();
         for id in ids {
             paths.push(self.shim_socket(id));
-            if let Ok(entries) = std::fs::read_dir(self.root.join("exec")) {
-                // dockerd gives each runtime `--root <exec-root>/runtime-<name>/moby`.
-                paths.extend(entries.flatten().map(|e| e.path().join(NAMESPACE).join(id)));
-            }
+            paths.extend(runtime_roots.iter().map(|root| root.join(id)));
         }
         paths.retain(|p| p.exists());
         paths.extend(leftovers::cgroups(&self.cgroup_parent));
@@ -507,12 +517,13 @@ impl DockerDaemon {
             } else {
                 std::fs::remove_file(p)
             };
-            if removed.is_err() {
+            if removed.is_err_and(|e| e.kind() != std::io::ErrorKind::NotFound) {
                 failed.push(p.clone());
             }
         }
         for dir in leftovers::cgroup_parents(&self.cgroup_parent) {
-            if std::fs::remove_dir(&dir).is_err() {
+            let removed = std::fs::remove_dir(&dir);
+            if removed.is_err_and(|e| e.kind() != std::io::ErrorKind::NotFound) {
                 failed.push(dir);
             }
         }
@@ -705,11 +716,6 @@ fn shim_socket(containerd_socket: &Path, id: &str) -> PathBuf {
     PathBuf::from("/run/containerd/s").join(hex)
 }
 
-/// A TOML basic string of `path` (the daemons' paths are plain ASCII).
-fn quoted(path: &Path) -> String {
-    format!("{:?}", path.to_string_lossy())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -722,6 +728,7 @@ mod tests {
                 name: "husk".into(),
                 path: "/bin/husk".into(),
                 args: vec!["--config".into(), "/c.toml".into()],
+                state_dirs: vec![],
             }],
         )
         .unwrap();

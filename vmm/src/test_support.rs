@@ -49,18 +49,25 @@ impl Kernel {
     }
 }
 
-fn tool(name: &str) -> bool {
-    let ok = Command::new(name).arg("--version").output().is_ok();
-    if !ok {
-        eprintln!("skipping: `{name}` (binutils) is not installed");
+/// Whether binutils' `as` and `ld` run here (asked once per test binary);
+/// says why the test skips if not.
+fn binutils() -> bool {
+    static FOUND: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let found = *FOUND.get_or_init(|| {
+        ["as", "ld"]
+            .iter()
+            .all(|tool| Command::new(tool).arg("--version").output().is_ok())
+    });
+    if !found {
+        eprintln!("skipping: binutils (`as`, `ld`) is not installed");
     }
-    ok
+    found
 }
 
 impl Payload {
     /// Assembles `vmm/tests/payloads/<name>.S`; `None` (test skips) without binutils.
     pub fn build(name: &str) -> Option<Self> {
-        if !tool("as") || !tool("ld") {
+        if !binutils() {
             return None;
         }
         // husk-vmm's own directory, also when the runtime's tests call this.
@@ -232,11 +239,7 @@ pub fn one_vm_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 
 /// Whether /dev/kvm opens read-write; says why the test skips if not.
 pub fn kvm_usable() -> bool {
-    let ok = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
+    let ok = crate::machine::HostCheck::run().kvm_openable;
     if !ok {
         eprintln!("skipping: /dev/kvm cannot be opened read-write");
     }

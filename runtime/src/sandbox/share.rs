@@ -116,7 +116,8 @@ pub fn has_mounts_under(dir: &Path) -> bool {
     mounts_under(dir).map_or(true, |m| !m.is_empty())
 }
 
-fn mounts_under(dir: &Path) -> Option<Vec<PathBuf>> {
+/// The mount points at or under `dir` (`None` if mountinfo is unreadable).
+pub fn mounts_under(dir: &Path) -> Option<Vec<PathBuf>> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     Some(
         info.lines()

@@ -69,36 +69,42 @@ pub fn initrd() -> Result<PathBuf> {
     Ok(path)
 }
 
-/// The configuration the test gives husk: the project's guest kernel and
-/// initrd, everything else husk's defaults.
-pub fn config_toml(kernel: &Path, image: &Path) -> String {
+/// The configuration the test gives husk: sandboxes under `sandbox_root`
+/// (the test's own directory, never the system's /run/husk), the project's
+/// guest kernel and initrd, everything else husk's defaults.
+pub fn config_toml(sandbox_root: &Path, kernel: &Path, image: &Path) -> String {
     format!(
         "# Written by husk-tests' Docker end-to-end test.\n\
+         sandbox_root = {}\n\
          [guest]\n\
          kernel = {}\n\
          image = {}\n",
+        toml_string(sandbox_root),
         toml_string(kernel),
         toml_string(image)
     )
 }
 
-/// Writes husk's configuration into `dir` and returns husk's Docker
+/// Writes husk's configuration into `dir` (a short path: husk's sandbox
+/// sockets go under it) and returns husk's Docker
 /// registration: `husk --config <file> <runc-style arguments>`.
 pub fn runtime(dir: &Path) -> Result<Runtime> {
     let kernel = guest::kernel().map_err(anyhow::Error::msg)?;
     let image = initrd()?;
     let config = dir.join("husk.toml");
-    std::fs::write(&config, config_toml(&kernel, &image))
+    let sandbox_root = dir.join("vm");
+    std::fs::write(&config, config_toml(&sandbox_root, &kernel, &image))
         .with_context(|| format!("writing {}", config.display()))?;
     Ok(Runtime {
         name: "husk".into(),
         path: binary()?,
         args: vec!["--config".into(), config.to_string_lossy().into_owned()],
+        state_dirs: vec![sandbox_root],
     })
 }
 
 /// A TOML basic string holding `path`.
-fn toml_string(path: &Path) -> String {
+pub fn toml_string(path: &Path) -> String {
     let mut out = String::from("\"");
     for c in path.to_string_lossy().chars() {
         match c {
@@ -118,7 +124,11 @@ mod tests {
 
     #[test]
     fn the_config_sets_the_guest_kernel_and_image_and_quotes_paths() {
-        let text = config_toml(Path::new("/k/vmlinux"), Path::new("/a \"b\"\\c/initrd.img"));
+        let text = config_toml(
+            Path::new("/s"),
+            Path::new("/k/vmlinux"),
+            Path::new("/a \"b\"\\c/initrd.img"),
+        );
         assert!(
             text.contains("[guest]\nkernel = \"/k/vmlinux\"\n"),
             "{text}"

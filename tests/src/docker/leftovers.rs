@@ -149,7 +149,14 @@ pub fn cgroup_parents(parent: &str) -> Vec<PathBuf> {
     let base = Path::new("/sys/fs/cgroup");
     let mut dirs = vec![base.join(parent)];
     if let Ok(entries) = std::fs::read_dir(base) {
-        dirs.extend(entries.flatten().map(|e| e.path().join(parent)));
+        // Co-mounted v1 controllers (cpu and cpuacct -> cpu,cpuacct) appear
+        // under more than one name: only the real directory counts.
+        dirs.extend(
+            entries
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| !t.is_symlink()))
+                .map(|e| e.path().join(parent)),
+        );
     }
     dirs.retain(|d| d.is_dir());
     dirs

@@ -32,6 +32,15 @@ impl PtySession {
     /// pty of `rows` x `cols`, with the pty as its stdin, stdout and stderr.
     pub fn spawn(mut cmd: Command, rows: u16, cols: u16) -> io::Result<Self> {
         let pty = openpty(Some(&winsize(rows, cols)), None)?;
+        // openpty's fds are inheritable: without this, every process started
+        // meanwhile (the docker CLI, the other test's commands) would keep
+        // the terminal open and its end never read as such.
+        for fd in [&pty.master, &pty.slave] {
+            nix::fcntl::fcntl(
+                fd.as_raw_fd(),
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            )?;
+        }
         cmd.stdin(Stdio::from(pty.slave.try_clone()?))
             .stdout(Stdio::from(pty.slave.try_clone()?))
             .stderr(Stdio::from(pty.slave.try_clone()?));

@@ -3,11 +3,14 @@
 
 use std::io::{self, Read};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::thread::{self, JoinHandle};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
 use std::time::{Duration, Instant};
 
 /// How often a running command is polled for its exit.
 const POLL: Duration = Duration::from_millis(20);
+/// How long output may still arrive once the command has exited.
+const DRAIN_GRACE: Duration = Duration::from_secs(2);
 
 /// A command that did not finish in time (it has been killed).
 #[derive(Debug)]
@@ -35,8 +38,8 @@ pub fn output(cmd: &mut Command, timeout: Duration) -> io::Result<Result<Output,
     };
     let out = Output {
         status,
-        stdout: stdout.join().unwrap_or_default(),
-        stderr: stderr.join().unwrap_or_default(),
+        stdout: stdout.take(DRAIN_GRACE),
+        stderr: stderr.take(DRAIN_GRACE),
     };
     Ok(if finished {
         Ok(out)
@@ -58,15 +61,39 @@ pub fn wait_until(child: &mut Child, deadline: Instant) -> io::Result<Option<Exi
     }
 }
 
-fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> JoinHandle<Vec<u8>> {
+/// What one pipe has delivered so far, read by a thread of its own.
+struct Drain {
+    buf: Arc<Mutex<Vec<u8>>>,
+    done: mpsc::Receiver<()>,
+}
+
+impl Drain {
+    /// Waits up to `grace` for end of file, then takes what was read: a
+    /// process the command left behind may hold the pipe open for ever.
+    fn take(self, grace: Duration) -> Vec<u8> {
+        let _ = self.done.recv_timeout(grace);
+        std::mem::take(&mut *self.buf.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> Drain {
+    let buf = Arc::new(Mutex::new(Vec::new()));
+    let (tx, done) = mpsc::channel();
+    let shared = buf.clone();
     thread::spawn(move || {
-        let mut buf = Vec::new();
         if let Some(mut pipe) = pipe {
+            let mut chunk = [0u8; 8192];
             // A read error just ends the capture; the exit status still tells.
-            let _ = pipe.read_to_end(&mut buf);
+            while let Ok(n @ 1..) = pipe.read(&mut chunk) {
+                shared
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend_from_slice(&chunk[..n]);
+            }
         }
-        buf
-    })
+        let _ = tx.send(());
+    });
+    Drain { buf, done }
 }
 
 #[cfg(test)]
@@ -98,5 +125,24 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(10));
         assert_eq!(err.partial.stdout, b"early\n");
         assert!(!err.partial.status.success());
+    }
+
+    #[test]
+    fn a_child_left_holding_the_output_does_not_hold_up_the_result() {
+        let started = Instant::now();
+        let out = output(
+            // The background sleep keeps stdout open after sh exits.
+            Command::new("sh").args(["-c", "echo done; sleep 6 & exit 0"]),
+            Duration::from_secs(30),
+        )
+        .unwrap()
+        .unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(out.stdout, b"done\n");
+        assert!(out.status.success());
     }
 }
