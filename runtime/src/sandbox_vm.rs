@@ -74,14 +74,21 @@ impl SandboxVm {
     ) -> Result<Self, Error> {
         spec.sandbox.create()?;
         let dir = spec.sandbox.clone();
-        let started = {
-            let (hv, result) = blocking(move || {
-                let r = hypervisor.start(&spec);
-                (hypervisor, r)
-            })
-            .await?;
-            hypervisor = hv;
-            result
+        let started = match blocking(move || {
+            let r = hypervisor.start(&spec);
+            (hypervisor, r)
+        })
+        .await
+        {
+            Ok((hv, result)) => {
+                hypervisor = hv;
+                result
+            }
+            Err(e) => {
+                // The backend went with the failed task (and stopped on drop).
+                let _ = dir.remove();
+                return Err(e);
+            }
         };
         if let Err(e) = started {
             let _ = dir.remove();

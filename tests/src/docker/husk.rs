@@ -1,64 +1,12 @@
-//! husk as a Docker runtime: its binary (built next to the running test)
-//! and a small configuration that points it at the project's guest kernel
-//! and initrd.
+//! husk as a Docker runtime: its registration, and a small configuration
+//! that points it at the project's guest kernel and initrd.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
 use super::Runtime;
 use crate::guest;
-
-/// The `husk` binary of the profile the running test was built with,
-/// (re)built first so a test never drives a stale CLI.
-///
-/// `env!("CARGO_BIN_EXE_husk")` exists only inside husk-runtime's own
-/// tests, so the binary is found where cargo puts it: `target/<profile>/`,
-/// the parent of the test executable's `deps/`.
-pub fn binary() -> Result<PathBuf> {
-    let exe = std::env::current_exe().context("locating the test executable")?;
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .with_context(|| format!("{} is not in target/<profile>/deps", exe.display()))?;
-    let target_dir = profile_dir
-        .parent()
-        .with_context(|| format!("{} has no parent", profile_dir.display()))?;
-    let profile = profile_dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .context("profile directory name")?;
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut build = Command::new(cargo);
-    build
-        .args(["build", "--quiet", "-p", "husk-runtime", "--bin", "husk"])
-        .arg("--target-dir")
-        .arg(target_dir)
-        .current_dir(guest::workspace_root());
-    match profile {
-        "debug" => {}
-        "release" => {
-            build.arg("--release");
-        }
-        other => {
-            build.args(["--profile", other]);
-        }
-    }
-    let out = build.output().context("running cargo build for husk")?;
-    if !out.status.success() {
-        bail!(
-            "cargo build -p husk-runtime --bin husk failed ({}):\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let husk = profile_dir.join("husk");
-    if !husk.is_file() {
-        bail!("cargo built husk but {} does not exist", husk.display());
-    }
-    Ok(husk)
-}
 
 /// The guest initrd `make image` builds.
 pub fn initrd() -> Result<PathBuf> {
@@ -86,9 +34,9 @@ pub fn config_toml(sandbox_root: &Path, kernel: &Path, image: &Path) -> String {
 }
 
 /// Writes husk's configuration into `dir` (a short path: husk's sandbox
-/// sockets go under it) and returns husk's Docker
-/// registration: `husk --config <file> <runc-style arguments>`.
-pub fn runtime(dir: &Path) -> Result<Runtime> {
+/// sockets go under it) and returns the Docker registration of the `husk`
+/// binary at `binary`: `husk --config <file> <runc-style arguments>`.
+pub fn runtime(dir: &Path, binary: &Path) -> Result<Runtime> {
     let kernel = guest::kernel().map_err(anyhow::Error::msg)?;
     let image = initrd()?;
     let config = dir.join("husk.toml");
@@ -97,7 +45,7 @@ pub fn runtime(dir: &Path) -> Result<Runtime> {
         .with_context(|| format!("writing {}", config.display()))?;
     Ok(Runtime {
         name: "husk".into(),
-        path: binary()?,
+        path: binary.to_owned(),
         args: vec!["--config".into(), config.to_string_lossy().into_owned()],
         state_dirs: vec![sandbox_root],
     })

@@ -1,4 +1,4 @@
-//! Docker end to end: a private containerd + dockerd (tests/src/docker.rs)
+//! Docker end to end: a private containerd + dockerd (husk-tests' `docker`)
 //! runs the same checks with each OCI runtime through containerd's runc
 //! shim, the way `docker run --runtime=R` uses it in production: run, exit
 //! codes, exec, logs, signals, pause, stop, an interactive terminal, an
@@ -7,6 +7,7 @@
 //! `docker_runc_peer` proves the harness and the checks with runc;
 //! `docker_husk` runs them against husk's runc-compatible CLI.
 
+use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
@@ -29,7 +30,7 @@ fn docker_runc_peer() {
 #[test]
 fn docker_husk() {
     let config_dir = tempfile::tempdir().expect("tempdir for husk's configuration");
-    let husk = docker::husk::runtime(config_dir.path())
+    let husk = docker::husk::runtime(config_dir.path(), Path::new(env!("CARGO_BIN_EXE_husk")))
         .unwrap_or_else(|e| panic!("cannot set husk up as a Docker runtime: {e:#}"));
     docker_checks("husk", &[husk]);
 }
