@@ -279,6 +279,64 @@ fn guest_activates_device_notifies_queue_and_sees_used_interrupt() {
     assert_eq!(vm.virtio_status(0), Some(15));
 }
 
+/// The host CPU's answer to CPUID `leaf`.
+fn host_cpuid(leaf: u32) -> [u32; 4] {
+    // SAFETY: CPUID exists on every x86_64 CPU (safe from Rust 1.87 on).
+    #[allow(unused_unsafe)]
+    let r = unsafe { std::arch::x86_64::__cpuid(leaf) };
+    [r.eax, r.ebx, r.ecx, r.edx]
+}
+
+#[test]
+fn guest_cpuid_has_host_signature_and_brand_tsc_deadline_and_no_pmu() {
+    let _guard = one_vm_at_a_time();
+    let Some(payload) = Payload::build("cpuid_report") else {
+        return;
+    };
+    if !kvm_usable() {
+        return;
+    }
+    let kernel = payload.elf64();
+    let console = Console::default();
+    let (reason, _vm) = boot(config(&kernel, &console));
+    assert_eq!(reason, ExitReason::I8042Reset);
+    let out = console.bytes();
+    assert_eq!(out.len(), 64, "guest report: {out:?}");
+
+    assert_eq!(
+        u32_at(&out, 0),
+        host_cpuid(1)[0],
+        "leaf 1 EAX: the host's family, model, stepping"
+    );
+    let tsc_deadline = kvm_ioctls::Kvm::new()
+        .unwrap()
+        .check_extension(kvm_ioctls::Cap::TscDeadlineTimer);
+    assert_eq!(
+        u32_at(&out, 4) & (1 << 24) != 0,
+        tsc_deadline,
+        "TSC-deadline bit"
+    );
+    assert_eq!(u32_at(&out, 8), 0, "leaf 0xa: no architectural PMU");
+    let amd_perfctr = (1 << 23) | (1 << 24) | (1 << 28);
+    assert_eq!(
+        u32_at(&out, 12) & amd_perfctr,
+        0,
+        "no AMD counter extensions"
+    );
+    if host_cpuid(0x8000_0000)[0] >= 0x8000_0004 {
+        let host_brand: Vec<u8> = (0x8000_0002..=0x8000_0004)
+            .flat_map(host_cpuid)
+            .flat_map(u32::to_le_bytes)
+            .collect();
+        assert_ne!(host_brand, vec![0; 48], "the host has a brand string");
+        assert_eq!(
+            String::from_utf8_lossy(&out[16..]),
+            String::from_utf8_lossy(&host_brand),
+            "brand string"
+        );
+    }
+}
+
 #[test]
 fn two_vcpus_both_run_with_their_own_apic_ids() {
     let _guard = one_vm_at_a_time();

@@ -18,6 +18,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::boot::{self, BootLayout};
 use super::bus::{Bus, SharedDevice};
 use super::config::VmConfig;
+use super::cpuid;
 use super::error::{kvm, Error, Result};
 use super::layout::{
     self, CMDLINE_MAX_SIZE, I8042_DATA_PORT, SERIAL_IRQ, SERIAL_PORT, VIRTIO_MMIO_SIZE,
@@ -93,9 +94,10 @@ impl Vm {
         let (buses, transports) =
             create_devices(&vm, &mem, &control, config.console, config.devices)?;
 
-        let supported = kvm_sys
+        let mut supported = kvm_sys
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm("KVM_GET_SUPPORTED_CPUID"))?;
+        cpuid::prepare(&mut supported, &cpuid::HostCpu::detect(&kvm_sys));
         // MAX_VCPUS keeps every index within an 8-bit APIC id.
         let count = config.vcpus as u8;
         let mut vcpus = Vec::with_capacity(usize::from(count));
