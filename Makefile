@@ -15,11 +15,20 @@ PREFIX ?= /usr/local
 demo: deps build guest install
 	cargo run --quiet -p husk-tests --bin husk-demo
 
-## test: install what is needed, build, and run every test.
+## test: install what is needed, build, and run every test, layer by layer
+## (each runs even when an earlier one failed), then a table of how long
+## each layer took. The nested layer boots the real guest on the builtin VMM
+## inside a QEMU/TCG VM with nested KVM (tests/nested/).
+LAYERS := $(BUILD)/test-layers.tsv
 test: deps check build guest
-	cargo test --workspace --no-fail-fast
-	tests/guest/image-check.sh
-	tests/guest/boot-check.sh --kernel "$$(guest-kernel/build.sh --print-path)"
+	@rm -f $(LAYERS)
+	scripts/layer.sh $(LAYERS) "cargo test (units, agent, VMM, QEMU e2e, docker)" \
+		cargo test --workspace --no-fail-fast
+	scripts/layer.sh $(LAYERS) "guest image" tests/guest/image-check.sh
+	scripts/layer.sh $(LAYERS) "guest boot (QEMU/TCG)" \
+		tests/guest/boot-check.sh --kernel "$$(guest-kernel/build.sh --print-path)"
+	scripts/layer.sh $(LAYERS) "nested KVM (builtin VMM)" tests/nested/run.sh
+	@scripts/layer.sh $(LAYERS) --summary
 
 deps:
 	scripts/install-deps.sh

@@ -1,0 +1,250 @@
+#!/usr/bin/env bash
+# The nested layer's checks, run inside the outer VM (L1) by tests/nested/run.sh
+# through tests/nested/l1.sh: the real `husk` binary with hypervisor =
+# "builtin" boots the real guest kernel and initrd on L1's KVM.
+#
+# Usage (inside L1): suite.sh HUSK KERNEL INITRD
+#
+# Prints one `ok - NAME` or `not ok - NAME: why` line per check, the console
+# tails of any sandbox that failed, and a closing `N passed, N failed` line;
+# exits non-zero when any check failed. Writes nothing outside /tmp, /run and
+# $NESTED_OUT (the layer's output directory).
+set -uo pipefail
+
+[[ $# -eq 3 ]] || { echo "usage: suite.sh HUSK KERNEL INITRD" >&2; exit 2; }
+readonly HUSK=$1 KERNEL=$2 INITRD=$3
+readonly OUT=${NESTED_OUT:?run this through tests/nested/l1.sh}
+readonly W=/tmp/nested
+readonly SANDBOXES=/run/husk/vm
+# A guest boot here is everything emulated twice over: tens of seconds.
+readonly BOOT_TIMEOUT=240
+
+passed=0 failed=0
+ok() { printf 'ok - %s\n' "$1"; passed=$((passed + 1)); }
+not_ok() { printf 'not ok - %s: %s\n' "$1" "$2"; failed=$((failed + 1)); }
+# check NAME WHY CONDITION...: ok when the condition command succeeds.
+check() {
+    local name=$1 why=$2
+    shift 2
+    if "$@"; then ok "$name"; else not_ok "$name" "$why"; fi
+}
+elapsed() { printf '%s s' "$(($(date +%s) - $1))"; }
+log() { printf '# %s\n' "$*"; }
+
+mkdir -p "$W"
+cd "$W" || exit 2
+
+# ---- set-up: configs, a busybox rootfs, bundles, bad initrds ----
+
+# config NAME IMAGE BOOT-TIMEOUT DEBUG-CONSOLE: a configuration file.
+config() {
+    cat >"$W/$1.toml" <<EOF
+hypervisor = "builtin"
+log_level = "info"
+sandbox_root = "$SANDBOXES"
+[guest]
+kernel = "$KERNEL"
+image = "$2"
+boot_timeout_secs = $3
+debug_console = $4
+EOF
+}
+# debug_console keeps the guest kernel's log, which some checks read; it
+# costs seconds here (one nested exit per character), so not everywhere.
+config builtin "$INITRD" "$BOOT_TIMEOUT" true
+config quiet "$INITRD" "$BOOT_TIMEOUT" false
+
+rootfs=$W/rootfs
+mkdir -p "$rootfs"/{bin,proc,sys,dev,tmp,etc}
+cp /bin/busybox "$rootfs/bin/busybox"
+for app in $(/bin/busybox --list); do
+    [[ -e $rootfs/bin/$app ]] || ln -s busybox "$rootfs/bin/$app"
+done
+
+# bundle NAME JQ-FILTER ARGS...: a bundle whose process runs ARGS, from
+# `husk spec` with a writable rootfs of its own, changed by the jq filter.
+bundle() {
+    local name=$1 filter=$2 dir=$W/$1
+    shift 2
+    mkdir -p "$dir"
+    cp -a "$rootfs" "$dir/rootfs"
+    "$HUSK" spec --bundle "$dir" || return 1
+    local args
+    args=$(printf '%s\n' "$@" | jq -R . | jq -s .)
+    jq --argjson args "$args" \
+        ".root.readonly = false | .process.args = \$args | .process.env = [\"PATH=/bin\"] | .hostname = \"$name\" | $filter" \
+        "$dir/config.json" >"$dir/config.new" && mv "$dir/config.new" "$dir/config.json"
+}
+
+# An initrd that is no initrd: the guest kernel panics (no root, no init).
+head -c 65536 /dev/urandom >"$W/panic.img"
+# An initrd whose /init never starts an agent.
+mkdir -p "$W/silent/bin"
+cp /bin/busybox "$W/silent/bin/busybox"
+printf '#!/bin/busybox sh\nwhile :; do /bin/busybox sleep 3600; done\n' >"$W/silent/init"
+chmod 0755 "$W/silent/init"
+(cd "$W/silent" && find . | cpio -o -H newc --quiet) >"$W/silent.img"
+config panic "$W/panic.img" "$BOOT_TIMEOUT" true
+config silent "$W/silent.img" 40 true
+
+# ---- helpers over husk ----
+
+husk() { "$HUSK" --config "$W/${CONFIG:-builtin}.toml" "$@"; }
+status_of() { husk state "$1" 2>/dev/null | jq -r .status; }
+# wait_status ID STATUS SECS
+wait_status() {
+    local deadline=$(($(date +%s) + $3))
+    while (($(date +%s) < deadline)); do
+        [[ $(status_of "$1") == "$2" ]] && return 0
+        sleep 1
+    done
+    return 1
+}
+# The console log of the sandbox running container ID: its sandbox
+# directory has a random name, and the container's files sit in its share.
+console_of() {
+    local dir
+    for dir in "$SANDBOXES"/*/; do
+        [[ -e $dir/shared/$1 ]] && { echo "$dir/console.log"; return; }
+    done
+}
+keep_console() { local f; f=$(console_of "$1"); [[ -n $f ]] && cp "$f" "$OUT/console-$1.log"; }
+# Everything husk may leave behind, one line each; empty when clean.
+leftovers() {
+    {
+        pgrep -a -f "husk-sandbox|$HUSK" | grep -v -e pgrep -e suite.sh
+        find /run/husk -mindepth 1 -maxdepth 2 2>/dev/null
+        grep -F /run/husk /proc/self/mountinfo
+    } 2>/dev/null
+}
+
+# ---- 1. the host check ----
+
+start=$(date +%s)
+check_out=$(husk check 2>&1)
+check "husk check: hardware virtualization" "$check_out" \
+    grep -qE '^virtualization +ok' <<<"$check_out"
+check "husk check: auto picks builtin" "$check_out" \
+    grep -qE '^auto picks +builtin' <<<"$check_out"
+CONFIG=quiet "$HUSK" --config "$W/quiet.toml" check >/dev/null 2>&1
+check "husk check: verdict yes (exit 0)" "exit $?" test $? -eq 0
+
+# ---- 2. two sandboxes at once, each its own VM, booted under two CPU hogs ----
+
+# main: 2 vCPUs (from the CPU quota), no PID namespace so that SIGTERM's
+# default action ends its init (a namespace's PID 1 ignores it).
+bundle main '.linux.resources.cpu = {"quota": 200000, "period": 100000} |
+    .linux.namespaces |= map(select(.type != "pid"))' \
+    sh -c 'echo main-ready; exec sleep 100000' || exit 2
+bundle exit3 '.' sh -c 'echo hello from the nested builtin VMM; cat /proc/sys/kernel/random/boot_id >/boot_id; exit 3' || exit 2
+
+hogs=()
+for _ in 1 2; do
+    (while :; do :; done) &
+    hogs+=($!)
+done
+log "booting main and exit3 at once, under ${#hogs[@]} CPU hogs"
+husk run --bundle "$W/main" main >"$W/main.out" 2>"$W/main.err" &
+main_pid=$!
+husk run --bundle "$W/exit3" exit3 >"$W/exit3.out" 2>"$W/exit3.err" &
+exit3_pid=$!
+wait_status main running "$BOOT_TIMEOUT"
+main_up=$?
+keep_console main
+wait "$exit3_pid"
+exit3_status=$?
+kill "${hogs[@]}" 2>/dev/null
+wait "${hogs[@]}" 2>/dev/null
+log "both booted in $(elapsed "$start") (from the suite's start)"
+
+check "main boots under hogs and runs" "state $(status_of main); $(tail -n 3 "$W/main.err")" test "$main_up" -eq 0
+check "husk run: the container's output" "stdout: $(cat "$W/exit3.out"); stderr: $(tail -n 3 "$W/exit3.err")" \
+    grep -qx 'hello from the nested builtin VMM' "$W/exit3.out"
+check "husk run: exit code 3" "got $exit3_status" test "$exit3_status" -eq 3
+check "two sandboxes at once are two VMs (different boot ids)" \
+    "exit3 $(cat "$W/exit3/rootfs/boot_id" 2>&1), main $(husk exec main cat /proc/sys/kernel/random/boot_id 2>&1)" \
+    test -s "$W/exit3/rootfs/boot_id" -a "$(cat "$W/exit3/rootfs/boot_id" 2>/dev/null)" != "$(husk exec main cat /proc/sys/kernel/random/boot_id 2>/dev/null)"
+
+# ---- 3. a running container: exec, ps, files, pause/resume, the guest's CPU ----
+
+if [[ $main_up -eq 0 ]]; then
+    out=$(husk exec main sh -c 'echo exec works; exit 5' 2>&1)
+    st=$?
+    check "exec: output" "$out" grep -qx 'exec works' <<<"$out"
+    check "exec: exit code 5" "got $st" test "$st" -eq 5
+
+    out=$(husk ps main 2>&1)
+    check "ps lists the container's init" "$out" grep -q sleep <<<"$out"
+
+    husk exec main sh -c 'echo written in the guest >/written' >/dev/null 2>&1
+    check "a file written in the container is on the host share" \
+        "$(cat "$W/main/rootfs/written" 2>&1)" grep -qx 'written in the guest' "$W/main/rootfs/written"
+
+    husk pause main
+    paused=$(status_of main)
+    check "pause: state paused" "state $paused" test "$paused" = paused
+    husk resume main
+    resumed=$(status_of main)
+    check "resume: state running" "state $resumed" test "$resumed" = running
+    out=$(husk exec main echo after resume 2>&1)
+    check "exec after resume" "$out" grep -qx 'after resume' <<<"$out"
+
+    out=$(husk exec main nproc 2>&1)
+    check "2 vCPUs: nproc" "nproc says $out" test "$out" = 2
+    out=$(husk exec main cat /sys/devices/system/cpu/online 2>&1)
+    check "2 vCPUs: both online" "online: $out" test "$out" = 0-1
+fi
+
+# ---- 4. a memory limit OOM-kills a hog (its own VM, while main runs) ----
+
+bundle oom '.linux.resources.memory = {"limit": 33554432}' \
+    dd if=/dev/zero of=/dev/null bs=64M count=1 || exit 2
+CONFIG=quiet husk run --bundle "$W/oom" oom >"$W/oom.out" 2>"$W/oom.err"
+st=$?
+check "32 MiB limit: the hog is OOM-killed (137)" "got $st: $(tail -n 3 "$W/oom.err")" test "$st" -eq 137
+
+# ---- 5. kill and delete ----
+
+if [[ $main_up -eq 0 ]]; then
+    husk kill main TERM
+    wait "$main_pid"
+    st=$?
+    check "kill TERM: exit code 143" "got $st: $(tail -n 3 "$W/main.err")" test "$st" -eq 143
+else
+    kill "$main_pid" 2>/dev/null
+    wait "$main_pid"
+fi
+# `husk run` deletes its container when it ends, as runc run does.
+left=$(leftovers)
+check "delete leaves no process, mount or directory" "$left" test -z "$left"
+
+# ---- 6. guests that die or never answer end the sandbox with an error ----
+
+t0=$(date +%s)
+CONFIG=panic husk run --bundle "$W/exit3" panicking >"$W/panic.out" 2>"$W/panic.err" &
+panic_pid=$!
+CONFIG=silent husk run --bundle "$W/exit3" silent >"$W/silent.out" 2>"$W/silent.err" &
+silent_pid=$!
+wait "$panic_pid"
+panic_status=$? panic_took=$(($(date +%s) - t0))
+wait "$silent_pid"
+silent_status=$? silent_took=$(($(date +%s) - t0))
+log "panicking guest ended after $panic_took s, silent guest after $silent_took s"
+check "a panicking guest fails the run with a clear error" "exit $panic_status: $(cat "$W/panic.err")" \
+    grep -qi -E 'ended|exited' "$W/panic.err"
+check "a panicking guest is not waited on until the boot timeout" "took $panic_took s" test "$panic_took" -lt "$BOOT_TIMEOUT"
+check "a guest whose agent never answers fails the run with a clear error" \
+    "exit $silent_status: $(cat "$W/silent.err")" grep -qi -E 'answer|timed out|time' "$W/silent.err"
+check "a silent guest is given up after its boot timeout" "took $silent_took s" test "$silent_took" -lt 120
+left=$(leftovers)
+check "failed boots leave nothing behind" "$left" test -z "$left"
+
+# ---- the guest as Linux sees this VMM (from main's kernel log) ----
+
+if [[ -s $OUT/console-main.log ]]; then
+    log "guest kernel log kept in $OUT/console-main.log"
+fi
+
+log "suite took $(elapsed "$start")"
+printf '%s passed, %s failed\n' "$passed" "$failed"
+((failed == 0))
