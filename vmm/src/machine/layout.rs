@@ -63,6 +63,8 @@ pub const SERIAL_IRQ: u32 = 4;
 pub const I8042_DATA_PORT: u16 = 0x60;
 /// i8042 command/status port.
 pub const I8042_COMMAND_PORT: u16 = 0x64;
+/// CMOS RTC index port; the data port follows.
+pub const CMOS_PORT: u16 = 0x70;
 /// Interrupt line of the first virtio-mmio device; the next ones follow.
 pub const VIRTIO_IRQ_START: u32 = 5;
 /// Last IOAPIC pin (the in-kernel IOAPIC has 24).

@@ -6,6 +6,7 @@
 
 mod boot;
 mod bus;
+mod cmos;
 mod config;
 mod cpuid;
 mod error;

@@ -17,11 +17,12 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::boot::{self, BootLayout};
 use super::bus::{Bus, SharedDevice};
+use super::cmos::{Cmos, CMOS_PORT_COUNT};
 use super::config::VmConfig;
 use super::cpuid;
 use super::error::{kvm, Error, Result};
 use super::layout::{
-    self, CMDLINE_MAX_SIZE, I8042_DATA_PORT, SERIAL_IRQ, SERIAL_PORT, VIRTIO_MMIO_SIZE,
+    self, CMDLINE_MAX_SIZE, CMOS_PORT, I8042_DATA_PORT, SERIAL_IRQ, SERIAL_PORT, VIRTIO_MMIO_SIZE,
 };
 use super::legacy::{SerialDevice, I8042};
 use super::lifecycle::{install_kick_handler, Control, ExitReason};
@@ -296,6 +297,8 @@ fn create_devices(
     // Fixed, disjoint port ranges: inserting cannot fail.
     pio.insert(u64::from(SERIAL_PORT), 8, serial);
     pio.insert(u64::from(I8042_DATA_PORT), 5, i8042);
+    let cmos: SharedDevice = Arc::new(Mutex::new(Cmos::new()));
+    pio.insert(u64::from(CMOS_PORT), CMOS_PORT_COUNT, cmos);
 
     let mut mmio = Bus::default();
     let mut transports = Vec::new();
