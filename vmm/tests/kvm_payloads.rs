@@ -337,6 +337,60 @@ fn guest_cpuid_has_host_signature_and_brand_tsc_deadline_and_no_pmu() {
     }
 }
 
+fn from_bcd(b: u8) -> u32 {
+    u32::from(b >> 4) * 10 + u32::from(b & 0xf)
+}
+
+#[test]
+fn guest_probes_cmos_and_i8042_through_port_io_and_resets() {
+    let _guard = one_vm_at_a_time();
+    let Some(payload) = Payload::build("legacy_probe") else {
+        return;
+    };
+    if !kvm_usable() {
+        return;
+    }
+    let kernel = payload.elf64();
+    let console = Console::default();
+    let before = std::time::SystemTime::now();
+    let (reason, _vm) = boot(config(&kernel, &console));
+    assert_eq!(reason, ExitReason::I8042Reset);
+    let out = console.bytes();
+    assert_eq!(out.len(), 22, "guest report: {out:x?}");
+
+    // CMOS: A without UIP, B in BCD 24 h, D valid, RAM through the NMI bit.
+    assert_eq!(out[0] & 0x80, 0, "UIP");
+    assert_eq!(out[1], 0x02, "status B");
+    assert_eq!(out[2], 0x80, "status D");
+    assert_eq!(out[9], 0x5a, "CMOS RAM");
+    // The time read is the host's UTC time (within a minute of the test).
+    let (sec, min, hour) = (from_bcd(out[3]), from_bcd(out[4]), from_bcd(out[5]));
+    let (day, month, year) = (from_bcd(out[6]), from_bcd(out[7]), from_bcd(out[8]));
+    assert!(sec < 60 && min < 60 && hour < 24 && (1..=31).contains(&day));
+    assert!((1..=12).contains(&month));
+    let now = before
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let guest_time_of_day = u64::from(hour * 3600 + min * 60 + sec);
+    let host_time_of_day = now % 86_400;
+    let drift = (guest_time_of_day + 86_400 - host_time_of_day) % 86_400;
+    assert!(drift < 60, "guest {hour}:{min}:{sec} vs host {now}");
+    assert!(year >= 24, "two-digit year {year}");
+
+    // i8042: idle status has SYS and no OBF/IBF.
+    assert_eq!(out[10] & 0x07, 0x04, "idle status");
+    // Every answer is there the first time the status is read.
+    let replies: Vec<(u8, u8)> = out[11..21].chunks(2).map(|c| (c[0], c[1])).collect();
+    assert_eq!(replies[0].0 & 0x21, 0x01, "self-test OBF");
+    assert_eq!(replies[0].1, 0x55, "self-test");
+    assert_eq!(replies[1].1, 0x65, "power-on CTR");
+    assert_eq!(replies[2].1, 0x74, "CTR written and read back");
+    assert_eq!(replies[3], (replies[3].0 | 0x21, 0x5a), "aux loopback");
+    assert_eq!(replies[4].1, 0x00, "keyboard interface test");
+    assert_eq!(out[21] & 0x03, 0, "drained status");
+}
+
 #[test]
 fn two_vcpus_both_run_with_their_own_apic_ids() {
     let _guard = one_vm_at_a_time();

@@ -63,23 +63,46 @@ pub const SERIAL_IRQ: u32 = 4;
 pub const I8042_DATA_PORT: u16 = 0x60;
 /// i8042 command/status port.
 pub const I8042_COMMAND_PORT: u16 = 0x64;
+/// i8042 keyboard interrupt line.
+pub const I8042_KBD_IRQ: u32 = 1;
+/// i8042 mouse (aux) interrupt line; no virtio device gets it.
+pub const I8042_AUX_IRQ: u32 = 12;
 /// CMOS RTC index port; the data port follows.
 pub const CMOS_PORT: u16 = 0x70;
 /// Interrupt line of the first virtio-mmio device; the next ones follow.
 pub const VIRTIO_IRQ_START: u32 = 5;
 /// Last IOAPIC pin (the in-kernel IOAPIC has 24).
 pub const IRQ_MAX: u32 = 23;
-/// How many virtio-mmio devices fit on the free interrupt lines.
-pub const MAX_VIRTIO_DEVICES: usize = (IRQ_MAX - VIRTIO_IRQ_START + 1) as usize;
+/// How many virtio-mmio devices fit on the free interrupt lines (all from
+/// [`VIRTIO_IRQ_START`] to [`IRQ_MAX`] but the i8042's aux line).
+pub const MAX_VIRTIO_DEVICES: usize = (IRQ_MAX - VIRTIO_IRQ_START) as usize;
 
-/// Guest address and interrupt line of the `index`th virtio-mmio device.
+/// Guest address and interrupt line of the `index`th virtio-mmio device:
+/// lines from [`VIRTIO_IRQ_START`] up, skipping [`I8042_AUX_IRQ`], which
+/// Linux's i8042 driver tests and then owns.
 pub fn virtio_mmio_slot(index: usize) -> Option<(u64, u32)> {
     if index >= MAX_VIRTIO_DEVICES {
         return None;
     }
     let i = index as u64;
-    Some((
-        VIRTIO_MMIO_START + i * VIRTIO_MMIO_SIZE,
-        VIRTIO_IRQ_START + index as u32,
-    ))
+    let mut irq = VIRTIO_IRQ_START + index as u32;
+    if irq >= I8042_AUX_IRQ {
+        irq += 1;
+    }
+    Some((VIRTIO_MMIO_START + i * VIRTIO_MMIO_SIZE, irq))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn virtio_slots_skip_the_i8042_aux_line() {
+        assert_eq!(virtio_mmio_slot(0), Some((0xd000_0000, 5)));
+        assert_eq!(virtio_mmio_slot(6), Some((0xd000_6000, 11)));
+        assert_eq!(virtio_mmio_slot(7), Some((0xd000_7000, 13)));
+        assert_eq!(virtio_mmio_slot(17), Some((0xd001_1000, IRQ_MAX)));
+        assert_eq!(virtio_mmio_slot(18), None);
+        assert_eq!(MAX_VIRTIO_DEVICES, 18);
+    }
 }

@@ -11,6 +11,7 @@ mod config;
 mod cpuid;
 mod error;
 mod hostcheck;
+mod i8042;
 pub mod layout;
 mod legacy;
 mod lifecycle;

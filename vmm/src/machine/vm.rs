@@ -21,10 +21,12 @@ use super::cmos::{Cmos, CMOS_PORT_COUNT};
 use super::config::VmConfig;
 use super::cpuid;
 use super::error::{kvm, Error, Result};
+use super::i8042::{I8042, I8042_PORT_COUNT};
 use super::layout::{
-    self, CMDLINE_MAX_SIZE, CMOS_PORT, I8042_DATA_PORT, SERIAL_IRQ, SERIAL_PORT, VIRTIO_MMIO_SIZE,
+    self, CMDLINE_MAX_SIZE, CMOS_PORT, I8042_AUX_IRQ, I8042_DATA_PORT, I8042_KBD_IRQ, SERIAL_IRQ,
+    SERIAL_PORT, VIRTIO_MMIO_SIZE,
 };
-use super::legacy::{SerialDevice, I8042};
+use super::legacy::{IrqTrigger, SerialDevice};
 use super::lifecycle::{install_kick_handler, Control, ExitReason};
 use super::mptable::{self, MAX_VCPUS};
 use super::vcpu::{self, Buses};
@@ -293,10 +295,19 @@ fn create_devices(
     vm.register_irqfd(&serial_irq, SERIAL_IRQ)
         .map_err(kvm("KVM_IRQFD"))?;
     let serial: SharedDevice = Arc::new(Mutex::new(SerialDevice::new(serial_irq, console)));
-    let i8042: SharedDevice = Arc::new(Mutex::new(I8042::new(control.clone())));
+    let irq_trigger = |irq| -> Result<IrqTrigger> {
+        let fd = EventFd::new(EFD_NONBLOCK).map_err(Error::Device)?;
+        vm.register_irqfd(&fd, irq).map_err(kvm("KVM_IRQFD"))?;
+        Ok(IrqTrigger(fd))
+    };
+    let i8042: SharedDevice = Arc::new(Mutex::new(I8042::new(
+        control.clone(),
+        irq_trigger(I8042_KBD_IRQ)?,
+        irq_trigger(I8042_AUX_IRQ)?,
+    )));
     // Fixed, disjoint port ranges: inserting cannot fail.
     pio.insert(u64::from(SERIAL_PORT), 8, serial);
-    pio.insert(u64::from(I8042_DATA_PORT), 5, i8042);
+    pio.insert(u64::from(I8042_DATA_PORT), I8042_PORT_COUNT, i8042);
     let cmos: SharedDevice = Arc::new(Mutex::new(Cmos::new()));
     pio.insert(u64::from(CMOS_PORT), CMOS_PORT_COUNT, cmos);
 
