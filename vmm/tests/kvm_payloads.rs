@@ -392,6 +392,30 @@ fn guest_probes_cmos_and_i8042_through_port_io_and_resets() {
 }
 
 #[test]
+fn amd_legacy_pmu_msrs_raise_gp_when_kvm_can_filter() {
+    let _guard = one_vm_at_a_time();
+    let Some(payload) = Payload::build("pmu_msrs") else {
+        return;
+    };
+    if !kvm_usable() {
+        return;
+    }
+    let kernel = payload.elf64();
+    let console = Console::default();
+    let (reason, _vm) = boot(config(&kernel, &console));
+    assert_eq!(reason, ExitReason::I8042Reset);
+    let filter = kvm_ioctls::Kvm::new()
+        .unwrap()
+        .check_extension(kvm_ioctls::Cap::X86MsrFilter);
+    let expected: &[u8] = if filter { b"GG" } else { b"NN" };
+    assert_eq!(
+        console.bytes(),
+        expected,
+        "RDMSR 0xc0010000, WRMSR 0xc0010007"
+    );
+}
+
+#[test]
 fn two_vcpus_both_run_with_their_own_apic_ids() {
     let _guard = one_vm_at_a_time();
     let Some(payload) = Payload::build("smp") else {

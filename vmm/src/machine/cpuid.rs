@@ -86,9 +86,10 @@ fn host_brand() -> Option<[[u32; 4]; 3]> {
 /// KVM reports as unsupported only because it is the VMM's business:
 ///
 /// - **TSC-deadline timer** (leaf 1 ECX bit 24). KVM emulates it in the
-///   in-kernel LAPIC but never reports it as supported, since it depends on
-///   the VMM creating that LAPIC; a VMM that does sets the bit itself when
-///   `KVM_CAP_TSC_DEADLINE_TIMER` is present. Without it Linux calibrates
+///   in-kernel LAPIC, but before its 2024 CPUID rework (e.g. Debian 12's
+///   6.1, the nested L1 of the first Linux boots) does not report it as
+///   supported, since it depends on the VMM creating that LAPIC; a VMM that
+///   does sets the bit itself when `KVM_CAP_TSC_DEADLINE_TIMER` is present. Without it Linux calibrates
 ///   the LAPIC timer against the PIT, which under nested virtualization
 ///   fails ("APIC timer disabled due to verification failure").
 /// - **Brand string** (leaves 0x8000_0002..=0x8000_0004). KVM returns these

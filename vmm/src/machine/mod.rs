@@ -17,6 +17,7 @@ mod legacy;
 mod lifecycle;
 mod memory;
 mod mptable;
+mod pmu;
 mod regs;
 mod vcpu;
 mod vm;

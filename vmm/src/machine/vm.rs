@@ -29,6 +29,7 @@ use super::layout::{
 use super::legacy::{IrqTrigger, SerialDevice};
 use super::lifecycle::{install_kick_handler, Control, ExitReason};
 use super::mptable::{self, MAX_VCPUS};
+use super::pmu;
 use super::vcpu::{self, Buses};
 use super::{memory, regs};
 use crate::virtio::{MmioTransport, VirtioDevice, QUEUE_NOTIFY_OFFSET};
@@ -92,6 +93,7 @@ impl Vm {
         })
         .map_err(kvm("KVM_CREATE_PIT2"))?;
         register_memory(&vm, &mem)?;
+        pmu::deny_legacy_counters(&kvm_sys, &vm);
 
         let control = Arc::new(Control::new(config.vcpus as usize));
         let (buses, transports) =
