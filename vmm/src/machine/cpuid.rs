@@ -106,8 +106,8 @@ fn host_brand() -> Option<[[u32; 4]; 3]> {
 ///   (PerfCtrExtCore/NB/LLC in 0x8000_0001 ECX: MSRs 0xc001_0200..,
 ///   0xc001_0240.., 0xc001_0230..) and PerfMonV2 (leaf 0x8000_0022, 0xc000_030x) are
 ///   hidden. AMD's four legacy counters (0xc001_0000..=0xc001_0007) have no
-///   CPUID bit: Linux probes them on every AMD family 6+ CPU, and gets
-///   "PMU not available due to virtualization" when KVM drops the write.
+///   CPUID bit: Linux probes them on every AMD family 6+ CPU whatever
+///   CPUID says, so an MSR filter keeps the guest off them (`pmu.rs`).
 pub fn prepare(cpuid: &mut CpuId, host: &HostCpu) {
     let ext_max = cpuid
         .as_slice()
