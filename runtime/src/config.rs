@@ -86,6 +86,9 @@ pub struct Guest {
     /// Keep the guest kernel's messages and the agent's debug log on the
     /// sandbox console (`console.log` in the sandbox directory).
     pub debug_console: bool,
+    /// Words appended to the guest kernel's command line, after husk's own
+    /// (so a word given here wins where the kernel takes the last one).
+    pub kernel_params: String,
 }
 
 /// The QEMU backend.
@@ -119,6 +122,7 @@ impl Default for Guest {
             memory_overhead_mib: 128,
             boot_timeout_secs: 60,
             debug_console: false,
+            kernel_params: String::new(),
         }
     }
 }
@@ -194,6 +198,9 @@ impl Config {
                 "sandbox_root {} must be an absolute path of at most {MAX_SANDBOX_ROOT_LEN} bytes",
                 self.sandbox_root.display()
             ));
+        }
+        if g.kernel_params.contains(['\n', '\0']) {
+            return Err("guest.kernel_params must be one line of words".into());
         }
         if g.boot_timeout_secs == 0 {
             return Err("guest.boot_timeout_secs must be at least 1".into());
@@ -300,6 +307,8 @@ mod tests {
         assert!(err.contains("default_vcpus"), "{err}");
         let err = Config::parse("log_level = \"loud\"\n").unwrap_err();
         assert!(err.contains("loud"), "{err}");
+        let err = Config::parse("[guest]\nkernel_params = \"a\\nb\"\n").unwrap_err();
+        assert!(err.contains("kernel_params"), "{err}");
         let err = Config::parse("[guest\n").unwrap_err();
         assert!(!err.is_empty());
     }
