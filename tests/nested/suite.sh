@@ -18,6 +18,8 @@ readonly W=/tmp/nested
 readonly SANDBOXES=/run/husk/vm
 # A guest boot here is everything emulated twice over: tens of seconds.
 readonly BOOT_TIMEOUT=240
+# The guest that never answers: long enough for its kernel to reach /init.
+readonly SILENT_TIMEOUT=30
 
 passed=0 failed=0
 ok() { printf 'ok - %s\n' "$1"; passed=$((passed + 1)); }
@@ -28,6 +30,8 @@ check() {
     shift 2
     if "$@"; then ok "$name"; else not_ok "$name" "$why"; fi
 }
+# absent PATTERN FILE: the file exists and no line matches.
+absent() { [[ -f $2 ]] && ! grep -q -E -- "$1" "$2"; }
 elapsed() { printf '%s s' "$(($(date +%s) - $1))"; }
 log() { printf '# %s\n' "$*"; }
 
@@ -40,18 +44,20 @@ cd "$W" || exit 2
 config() {
     cat >"$W/$1.toml" <<EOF
 hypervisor = "builtin"
-log_level = "info"
+log_level = "warn"
 sandbox_root = "$SANDBOXES"
 [guest]
 kernel = "$KERNEL"
 image = "$2"
 boot_timeout_secs = $3
 debug_console = $4
+kernel_params = "${5:-}"
 EOF
 }
 # debug_console keeps the guest kernel's log, which some checks read; it
 # costs seconds here (one nested exit per character), so not everywhere.
-config builtin "$INITRD" "$BOOT_TIMEOUT" true
+# printk.devkmsg=on: a harmless word that proves guest.kernel_params arrive.
+config builtin "$INITRD" "$BOOT_TIMEOUT" true printk.devkmsg=on
 config quiet "$INITRD" "$BOOT_TIMEOUT" false
 
 rootfs=$W/rootfs
@@ -85,7 +91,7 @@ printf '#!/bin/busybox sh\nwhile :; do /bin/busybox sleep 3600; done\n' >"$W/sil
 chmod 0755 "$W/silent/init"
 (cd "$W/silent" && find . | cpio -o -H newc --quiet) >"$W/silent.img"
 config panic "$W/panic.img" "$BOOT_TIMEOUT" true
-config silent "$W/silent.img" 40 true
+config silent "$W/silent.img" "$SILENT_TIMEOUT" true
 
 # ---- helpers over husk ----
 
@@ -113,7 +119,7 @@ keep_console() { local f; f=$(console_of "$1"); [[ -n $f ]] && cp "$f" "$OUT/con
 leftovers() {
     {
         pgrep -a -f "husk-sandbox|$HUSK" | grep -v -e pgrep -e suite.sh
-        find /run/husk -mindepth 1 -maxdepth 2 2>/dev/null
+        find /run/husk -mindepth 1 -maxdepth 2 ! -path "$SANDBOXES" 2>/dev/null
         grep -F /run/husk /proc/self/mountinfo
     } 2>/dev/null
 }
@@ -126,8 +132,11 @@ check "husk check: hardware virtualization" "$check_out" \
     grep -qE '^virtualization +ok' <<<"$check_out"
 check "husk check: auto picks builtin" "$check_out" \
     grep -qE '^auto picks +builtin' <<<"$check_out"
-CONFIG=quiet "$HUSK" --config "$W/quiet.toml" check >/dev/null 2>&1
-check "husk check: verdict yes (exit 0)" "exit $?" test $? -eq 0
+husk check >/dev/null 2>&1
+st=$?
+check "husk check: verdict yes (exit 0)" "exit $st" test "$st" -eq 0
+# From here on, L1's kernel log holds only what these guests made its KVM say.
+dmesg -C
 
 # ---- 2. two sandboxes at once, each its own VM, booted under two CPU hogs ----
 
@@ -173,8 +182,11 @@ if [[ $main_up -eq 0 ]]; then
     check "exec: output" "$out" grep -qx 'exec works' <<<"$out"
     check "exec: exit code 5" "got $st" test "$st" -eq 5
 
+    # No PID namespace: the guest's PID of the init is what ps must list.
+    init_pid=$(husk exec main pidof sleep 2>&1)
     out=$(husk ps main 2>&1)
-    check "ps lists the container's init" "$out" grep -q sleep <<<"$out"
+    check "ps lists the container's init" "ps: $out; pidof sleep: $init_pid" \
+        grep -qxF "$init_pid" <<<"$out"
 
     husk exec main sh -c 'echo written in the guest >/written' >/dev/null 2>&1
     check "a file written in the container is on the host share" \
@@ -189,21 +201,43 @@ if [[ $main_up -eq 0 ]]; then
     out=$(husk exec main echo after resume 2>&1)
     check "exec after resume" "$out" grep -qx 'after resume' <<<"$out"
 
+    # The guest's CPU as Linux sees it: the host's (L1's) identity, and
+    # the TSC-deadline timer wherever the host's KVM has it.
+    cpuinfo=$(husk exec main cat /proc/cpuinfo 2>&1)
+    for field in 'vendor_id' 'cpu family' 'model name'; do
+        l1_line=$(grep -m1 "^$field" /proc/cpuinfo)
+        check "guest CPU: the host's $field" "host: '$l1_line'; guest: '$(grep -m1 "^$field" <<<"$cpuinfo")'" \
+            grep -qxF "$l1_line" <<<"$cpuinfo"
+    done
+    if grep -qw tsc_deadline_timer /proc/cpuinfo; then
+        check "guest CPU: TSC-deadline timer" "no tsc_deadline_timer flag in the guest" \
+            grep -qw tsc_deadline_timer <<<"$cpuinfo"
+    else
+        log "L1's CPU has no TSC-deadline timer: that check is not made"
+    fi
+
     out=$(husk exec main nproc 2>&1)
     check "2 vCPUs: nproc" "nproc says $out" test "$out" = 2
     out=$(husk exec main cat /sys/devices/system/cpu/online 2>&1)
     check "2 vCPUs: both online" "online: $out" test "$out" = 0-1
 fi
 
-# ---- 4. a memory limit OOM-kills a hog (its own VM, while main runs) ----
+# ---- the guest kernel's own log (main's console) ----
 
-bundle oom '.linux.resources.memory = {"limit": 33554432}' \
-    dd if=/dev/zero of=/dev/null bs=64M count=1 || exit 2
-CONFIG=quiet husk run --bundle "$W/oom" oom >"$W/oom.out" 2>"$W/oom.err"
-st=$?
-check "32 MiB limit: the hog is OOM-killed (137)" "got $st: $(tail -n 3 "$W/oom.err")" test "$st" -eq 137
+keep_console main
+console=$OUT/console-main.log
+check "guest kernel: the LAPIC timer passes verification" "$(grep 'APIC timer' "$console" 2>&1)" \
+    absent 'APIC timer disabled' "$console"
+if grep -qx 'CONFIG_SERIO_I8042=y' "$(dirname "$KERNEL")/config" 2>/dev/null; then
+    check "guest kernel: the i8042 probe needs no timeout" "$(grep i8042 "$console" 2>&1)" \
+        absent "i8042: (Can't|probe .* failed)" "$console"
+fi
+check "guest.kernel_params reach the guest kernel" "$(grep -m1 'Command line' "$console" 2>&1)" \
+    grep -q 'Command line: .* printk.devkmsg=on' "$console"
+check "guest kernel: both vCPUs brought up" "$(grep -i -E 'smp|cpu' "$console" | head -n 5)" \
+    grep -q 'Brought up 1 node, 2 CPUs' "$console"
 
-# ---- 5. kill and delete ----
+# ---- 4. kill and delete ----
 
 if [[ $main_up -eq 0 ]]; then
     husk kill main TERM
@@ -218,32 +252,44 @@ fi
 left=$(leftovers)
 check "delete leaves no process, mount or directory" "$left" test -z "$left"
 
+# ---- 5. a memory limit OOM-kills a hog ----
+
+# One VM at a time from here on: two nested guests booting side by side are
+# where QEMU's SVM emulation has failed (docs/nested-kvm.md); the checks
+# above that need two VMs at once have run.
+
+bundle oom '.linux.resources.memory = {"limit": 33554432}' \
+    dd if=/dev/zero of=/dev/null bs=64M count=1 || exit 2
+CONFIG=quiet husk run --bundle "$W/oom" oom >"$W/oom.out" 2>"$W/oom.err"
+st=$?
+check "32 MiB limit: the hog is OOM-killed (137)" "got $st: $(tail -n 3 "$W/oom.err")" test "$st" -eq 137
+
 # ---- 6. guests that die or never answer end the sandbox with an error ----
 
 t0=$(date +%s)
-CONFIG=panic husk run --bundle "$W/exit3" panicking >"$W/panic.out" 2>"$W/panic.err" &
-panic_pid=$!
-CONFIG=silent husk run --bundle "$W/exit3" silent >"$W/silent.out" 2>"$W/silent.err" &
-silent_pid=$!
-wait "$panic_pid"
+CONFIG=panic husk run --bundle "$W/exit3" panicking >"$W/panic.out" 2>"$W/panic.err"
 panic_status=$? panic_took=$(($(date +%s) - t0))
-wait "$silent_pid"
+t0=$(date +%s)
+CONFIG=silent husk run --bundle "$W/exit3" silent >"$W/silent.out" 2>"$W/silent.err"
 silent_status=$? silent_took=$(($(date +%s) - t0))
 log "panicking guest ended after $panic_took s, silent guest after $silent_took s"
-check "a panicking guest fails the run with a clear error" "exit $panic_status: $(cat "$W/panic.err")" \
-    grep -qi -E 'ended|exited' "$W/panic.err"
+check "a panicking guest fails the run: the VM ended during boot" "exit $panic_status: $(cat "$W/panic.err")" \
+    grep -q 'the VM ended during boot' "$W/panic.err"
+check "a panicking guest's error carries its panic" "$(cat "$W/panic.err")" \
+    grep -q 'Kernel panic' "$W/panic.err"
 check "a panicking guest is not waited on until the boot timeout" "took $panic_took s" test "$panic_took" -lt "$BOOT_TIMEOUT"
 check "a guest whose agent never answers fails the run with a clear error" \
-    "exit $silent_status: $(cat "$W/silent.err")" grep -qi -E 'answer|timed out|time' "$W/silent.err"
-check "a silent guest is given up after its boot timeout" "took $silent_took s" test "$silent_took" -lt 120
+    "exit $silent_status: $(cat "$W/silent.err")" grep -q 'agent not reachable' "$W/silent.err"
+check "a silent guest is given up after its boot timeout" "took $silent_took s" \
+    test "$silent_took" -ge "$SILENT_TIMEOUT" -a "$silent_took" -lt $((SILENT_TIMEOUT + 60))
 left=$(leftovers)
 check "failed boots leave nothing behind" "$left" test -z "$left"
 
-# ---- the guest as Linux sees this VMM (from main's kernel log) ----
+# ---- what the guests made L1's KVM say ----
 
-if [[ -s $OUT/console-main.log ]]; then
-    log "guest kernel log kept in $OUT/console-main.log"
-fi
+dmesg >"$OUT/l1-dmesg-suite.log"
+check "no guest reached an MSR the VMM leaves unhandled" "$(grep -E 'Unhandled (WR|RD)MSR' "$OUT/l1-dmesg-suite.log" | head -n 3)" \
+    absent 'Unhandled (WR|RD)MSR' "$OUT/l1-dmesg-suite.log"
 
 log "suite took $(elapsed "$start")"
 printf '%s passed, %s failed\n' "$passed" "$failed"
