@@ -6,7 +6,7 @@ SHELL := /bin/bash
 BUILD := build
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: demo test deps build check agent kernel image guest install bench clean
+.PHONY: demo test deps build check agent kernel image guest install bench bench-nested clean
 
 PREFIX ?= /usr/local
 
@@ -71,6 +71,36 @@ bench: deps build guest
 	cargo bench -p husk-vmm --bench boot
 	cargo bench -p husk-tests --bench microvm
 	cargo bench -p husk-runtime --bench oci_run
+
+## bench-nested: the builtin VMM against QEMU (-M microvm -accel kvm, husk's
+## vhost-user devices) booting the same guest on the same KVM: inside the
+## nested layer's outer VM (tests/nested/l1.sh), whose emulated AMD-V runs
+## both. About 20 minutes; not part of `make test`. NESTED_BENCH_RUNS sets the
+## timed runs per backend (default 5); tables in build/bench-nested/*.md.
+NESTED_BENCH_OUT := $(BUILD)/bench-nested
+NESTED_BENCH_RUNS ?= 5
+bench-nested: deps guest
+	oci_run=$$($(call bench_executable,husk-runtime,oci_run)); \
+	boot=$$($(call bench_executable,husk-vmm,boot)); \
+	[[ -x $$oci_run && -x $$boot ]] || { echo "bench-nested: no bench executables from cargo"; exit 1; }; \
+	status=0; \
+	tests/nested/l1.sh --out $(NESTED_BENCH_OUT) --timeout 1800 tests/nested/bench.sh \
+		"$$oci_run" "$$boot" "$$(guest-kernel/build.sh --print-path)" "$$PWD/$(BUILD)/initrd.img" \
+		$(NESTED_BENCH_RUNS) || status=$$?; \
+	for table in $(NESTED_BENCH_OUT)/oci_run.md $(NESTED_BENCH_OUT)/boot.md; do \
+		if [[ -s $$table ]]; then echo "== $$table"; cat "$$table"; echo; fi; \
+	done; \
+	if ((status != 0)); then \
+		echo "bench-nested: failed ($$status); the end of $(NESTED_BENCH_OUT)/script.log:"; \
+		tail -n 40 $(NESTED_BENCH_OUT)/script.log || true; \
+	fi; \
+	exit $$status
+
+# The path of bench $(2) of package $(1), built in release (bench) mode, as
+# cargo reports it.
+bench_executable = cargo bench --quiet --no-run --message-format json -p $(1) --bench $(2) \
+	| grep '"reason":"compiler-artifact"' | grep '"name":"$(2)"' \
+	| grep -o '"executable":"[^"]*"' | cut -d'"' -f4
 
 clean:
 	cargo clean

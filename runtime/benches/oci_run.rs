@@ -242,12 +242,18 @@ fn bench() -> Result<(), String> {
 
     // Rounds, each backend once then each peer once, until every backend
     // has its runs; a failed run (a guest that did not boot, say) is
-    // reported and made up for, up to half as many again.
+    // reported and made up for, up to half as many again. The backends take
+    // turns going first, so that neither always runs right after the other.
     let mut peer_times = vec![Vec::new(); settings.peers.len()];
     let allowed_failures = settings.runs / 2;
     for round in 0..settings.runs + allowed_failures {
         let mut ran = false;
-        for (t, result) in results.iter_mut().enumerate() {
+        let mut order: Vec<usize> = (0..backends.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for t in order {
+            let result = &mut results[t];
             if result.dropped.is_some() || result.runs.len() >= settings.runs {
                 continue;
             }
