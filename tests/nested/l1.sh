@@ -49,7 +49,9 @@ case $script in
 /run/* | /tmp/* | /var/tmp/* | /dev/shm/* | /root/*)
     die "$script is hidden inside L1 (a fresh tmpfs covers its directory); keep scripts elsewhere" ;;
 esac
-rm -rf "$out/.l1" "$out/status" "$out/skip" "$out/script.log" "$out/l1-console.log"
+# What an earlier run left must not be read as this run's.
+rm -rf "$out/.l1" "$out/status" "$out/skip" "$out/script.log" "$out/l1-console.log" \
+    "$out"/console-*.log "$out"/kvm-trace-*
 mkdir -p "$out/.l1"
 {
     printf 'export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root HUSK_NESTED=1\n'

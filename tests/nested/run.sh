@@ -49,6 +49,11 @@ fi
 if ((status != 0)); then
     printf '\nnested: L1 console tail (%s):\n' "$out/l1-console.log"
     tail -n 25 "$out/l1-console.log" 2>/dev/null
+    for where in "$out"/kvm-trace-*.where; do
+        [[ -f $where ]] || continue
+        printf '\nnested: where L1 last saw the guest (%s):\n' "$where"
+        head -n 16 "$where"
+    done
     for log in "$out"/console-*.log; do
         [[ -f $log ]] || continue
         printf '\nnested: guest console tail (%s):\n' "$log"

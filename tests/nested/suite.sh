@@ -124,6 +124,40 @@ leftovers() {
     } 2>/dev/null
 }
 
+# ---- what L1's KVM saw, kept when a boot fails ----
+
+# Every VM exit of the guests goes to L1's trace ring (a bounded buffer that
+# keeps the newest events), so that a guest that hangs or dies can be told
+# apart: stuck in the guest kernel (where: its RIPs, symbolized against the
+# guest kernel) or waiting on the VMM (its last exits, e.g. port I/O).
+readonly TRACE=/sys/kernel/tracing
+mount -t tracefs tracefs "$TRACE" 2>/dev/null
+echo 1024 >"$TRACE/buffer_size_kb" 2>/dev/null
+echo 1 >"$TRACE/events/kvm/kvm_exit/enable" 2>/dev/null
+trace_clear() { echo >"$TRACE/trace" 2>/dev/null; }
+# trace_keep NAME: the last exits, and the guest functions they left most.
+trace_keep() {
+    local file=$OUT/kvm-trace-$1.txt
+    tail -n 5000 "$TRACE/trace" >"$file" 2>/dev/null || return 0
+    python3 - "$KERNEL" "$file" >"$OUT/kvm-trace-$1.where" 2>&1 <<'PY'
+import bisect, collections, re, subprocess, sys
+kernel, trace = sys.argv[1], sys.argv[2]
+rips = collections.Counter(re.findall(r"kvm_exit: .*?reason (\S+) rip (0x[0-9a-f]+)", open(trace).read()))
+syms = []
+for line in subprocess.run(["nm", "-n", kernel], capture_output=True, text=True).stdout.splitlines():
+    parts = line.split()
+    if len(parts) == 3 and parts[1] in "tTwW":
+        syms.append((int(parts[0], 16), parts[2]))
+addrs = [a for a, _ in syms]
+print("exits  reason  rip  guest function")
+for (reason, rip), n in rips.most_common(15):
+    i = bisect.bisect_right(addrs, int(rip, 16)) - 1
+    where = f"{syms[i][1]}+{int(rip, 16) - syms[i][0]:#x}" if i >= 0 else "?"
+    print(n, reason, rip, where)
+PY
+    log "L1's last KVM exits kept in $file (where: ${file%.txt}.where)"
+}
+
 # ---- 1. the host check ----
 
 start=$(date +%s)
@@ -152,6 +186,7 @@ for _ in 1 2; do
     (while :; do :; done) &
     hogs+=($!)
 done
+trace_clear
 log "booting main and exit3 at once, under ${#hogs[@]} CPU hogs"
 husk run --bundle "$W/main" main >"$W/main.out" 2>"$W/main.err" &
 main_pid=$!
@@ -166,6 +201,7 @@ kill "${hogs[@]}" 2>/dev/null
 wait "${hogs[@]}" 2>/dev/null
 log "both booted in $(elapsed "$start") (from the suite's start)"
 
+[[ $main_up -eq 0 && $exit3_status -eq 3 ]] || trace_keep two-at-once
 check "main boots under hogs and runs" "state $(status_of main); $(tail -n 3 "$W/main.err")" test "$main_up" -eq 0
 check "husk run: the container's output" "stdout: $(cat "$W/exit3.out"); stderr: $(tail -n 3 "$W/exit3.err")" \
     grep -qx 'hello from the nested builtin VMM' "$W/exit3.out"
@@ -260,8 +296,10 @@ check "delete leaves no process, mount or directory" "$left" test -z "$left"
 # reads its wall clock from the VMM's MC146818 at boot.
 bundle oom '.linux.resources.memory = {"limit": 33554432}' \
     sh -c 'date +%s >/guest_date; exec dd if=/dev/zero of=/dev/null bs=64M count=1' || exit 2
+trace_clear
 CONFIG=cmos husk run --bundle "$W/oom" oom >"$W/oom.out" 2>"$W/oom.err"
 st=$?
+((st == 137)) || trace_keep oom
 host_date=$(date +%s)
 check "32 MiB limit: the hog is OOM-killed (137)" "got $st: $(tail -n 3 "$W/oom.err")" test "$st" -eq 137
 guest_date=$(cat "$W/oom/rootfs/guest_date" 2>/dev/null)
@@ -270,9 +308,12 @@ check "no kvmclock: the guest's wall clock comes from the CMOS RTC" \
 
 # ---- 6. guests that die or never answer end the sandbox with an error ----
 
+trace_clear
 t0=$(date +%s)
 CONFIG=panic husk run --bundle "$W/exit3" panicking >"$W/panic.out" 2>"$W/panic.err"
 panic_status=$? panic_took=$(($(date +%s) - t0))
+grep -q 'the VM ended during boot' "$W/panic.err" || trace_keep panicking
+trace_clear
 t0=$(date +%s)
 CONFIG=silent husk run --bundle "$W/exit3" silent >"$W/silent.out" 2>"$W/silent.err"
 silent_status=$? silent_took=$(($(date +%s) - t0))
