@@ -155,10 +155,9 @@ mod tests {
 
     #[test]
     fn command_line_reboots_through_the_i8042() {
-        assert_eq!(
-            kernel_cmdline(REBOOT, &spec(Path::new("/r"))),
-            "console=ttyS0 reboot=k panic=-1 quiet husk.debug=1"
-        );
+        let line = kernel_cmdline(REBOOT, &spec(Path::new("/r")));
+        assert!(line.contains(" reboot=k "), "{line}");
+        assert!(line.ends_with(" husk.debug=1"), "{line}");
     }
 
     #[test]

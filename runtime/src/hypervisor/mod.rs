@@ -163,22 +163,58 @@ pub trait Hypervisor: Send {
     fn pid(&self) -> Option<u32>;
 }
 
-/// The kernel command line for `spec`: the words every backend passes, the
-/// backend's `reboot=` mode, then `spec.kernel_args`.
+/// The kernel command line for `spec`: the words every backend passes (with
+/// the backend's `reboot=` mode among them), then `spec.kernel_args`.
 ///
-/// `panic=-1` turns a guest panic into an immediate reboot, and each
-/// backend's `reboot=` mode makes a reboot end the VM, so a dead guest never
-/// lingers. The agent ends the VM the same way (a restart: the microVM has
-/// no ACPI to power off with).
+/// The guest is a microVM booted by a VMM that husk controls, and its
+/// vCPUs are threads the host may starve (TCG under load, or an
+/// overcommitted KVM host): nothing on this line may make the boot depend
+/// on how fast guest time passes relative to host time. docs/guest.md
+/// ("Kernel command line") gives the measurements behind each word.
 pub fn kernel_cmdline(reboot: RebootMode, spec: &VmSpec) -> String {
-    let mut words = vec![
-        "console=ttyS0".to_owned(),
-        format!("reboot={}", reboot.kernel_word()),
-        "panic=-1".to_owned(),
-        "quiet".to_owned(),
+    let reboot = format!("reboot={}", reboot.kernel_word());
+    let words: [&str; 7] = [
+        // The VM's only UART (QEMU microvm's isa-serial, the builtin VMM's
+        // 16550 at 0x3f8) is the console; the sandbox keeps it as console.log.
+        "console=ttyS0",
+        // How a restart ends the VM (triple fault for QEMU's -no-reboot,
+        // the i8042 reset port for the builtin VMM, which needs no i8042
+        // driver in the guest). The agent ends the VM by a restart: without
+        // ACPI there is no power-off.
+        &reboot,
+        // A panic restarts at once, which ends the VM, so a dead guest
+        // never lingers and the boot fails fast with its console.
+        "panic=-1",
+        // Skip the IO-APIC timer check: it busy-waits about 40-160 ms of
+        // TSC time and needs more than 4 timer ticks meanwhile. A starved
+        // vCPU gets fewer (a tick that cannot be delivered in time is lost),
+        // and the kernel then panics "IO-APIC + timer doesn't work!"
+        // (issue 9). The VMM wires the PIT to the IO-APIC itself; a kernel
+        // that detects KVM sets this on its own, one under TCG does not.
+        "no_timer_check",
+        // The TSC is the VMM's (under TCG the host's TSC, constant rate):
+        // trust it. Otherwise the clocksource watchdog judges it against
+        // tick-based time, which loses ticks under load, marks the TSC
+        // unstable and leaves the guest on a clock that runs slow; and the
+        // boot-time TSC sync check between vCPUs sees "warps" whenever a
+        // vCPU thread is descheduled.
+        "tsc=reliable",
+        // Expedited RCU grace periods after boot (during boot the kernel
+        // already expedites them): the agent's mount, namespace and cgroup
+        // work waits in synchronize_rcu, which otherwise waits for every
+        // vCPU's scheduler ticks, slow when the host starves vCPUs.
+        "rcupdate.rcu_expedited=1",
+        // Kernel messages below warnings stay off the console: under TCG
+        // each byte is an emulated UART write (debug_console adds
+        // loglevel=7 after this).
+        "quiet",
     ];
-    words.extend(spec.kernel_args.iter().cloned());
-    words.join(" ")
+    words
+        .iter()
+        .copied()
+        .chain(spec.kernel_args.iter().map(String::as_str))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// How the guest kernel restarts the machine, which is how a VM ends.
@@ -447,12 +483,40 @@ mod tests {
         s.kernel_args = vec!["a=1".into(), "b".into()];
         assert_eq!(
             kernel_cmdline(RebootMode::TripleFault, &s),
-            "console=ttyS0 reboot=t panic=-1 quiet a=1 b"
+            "console=ttyS0 reboot=t panic=-1 no_timer_check tsc=reliable \
+             rcupdate.rcu_expedited=1 quiet a=1 b"
         );
         assert_eq!(
             kernel_cmdline(RebootMode::Keyboard, &s),
-            "console=ttyS0 reboot=k panic=-1 quiet a=1 b"
+            "console=ttyS0 reboot=k panic=-1 no_timer_check tsc=reliable \
+             rcupdate.rcu_expedited=1 quiet a=1 b"
         );
+    }
+
+    #[test]
+    fn command_line_never_lets_the_guest_fail_a_boot_on_a_slow_host() {
+        // Issue 9: without these a starved TCG vCPU panicked in the IO-APIC
+        // timer check or lost its TSC clocksource.
+        let line = kernel_cmdline(RebootMode::TripleFault, &spec(Path::new("/r")));
+        let words: Vec<&str> = line.split(' ').collect();
+        for needed in ["no_timer_check", "tsc=reliable", "panic=-1"] {
+            assert!(words.contains(&needed), "{needed} missing from {line}");
+        }
+        // Every word is one word, and none twice.
+        let mut unique = words.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), words.len(), "{line}");
+        assert!(words.iter().all(|w| !w.is_empty()), "{line}");
+    }
+
+    #[test]
+    fn spec_args_come_last_so_they_override_the_defaults() {
+        // For a repeated parameter the kernel keeps the last value.
+        let mut s = spec(Path::new("/r"));
+        s.kernel_args = vec!["loglevel=7".into(), "tsc=unstable".into()];
+        let line = kernel_cmdline(RebootMode::Keyboard, &s);
+        assert!(line.ends_with(" quiet loglevel=7 tsc=unstable"), "{line}");
     }
 
     #[test]

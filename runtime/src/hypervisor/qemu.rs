@@ -10,6 +10,7 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use husk_vmm::devices::fs::serve_fs;
@@ -133,7 +134,13 @@ impl Hypervisor for Qemu {
             path: log_path.clone(),
             source,
         })?;
-        let args = command_line(spec, self.accel);
+        // Under TCG the guest's TSC is the host's; tell the guest its rate
+        // (see `host_tsc_khz`). Under KVM the guest learns it from kvmclock.
+        let tsc_khz = match self.accel {
+            Accel::Tcg => host_tsc_khz(),
+            Accel::Kvm => None,
+        };
+        let args = command_line(spec, self.accel, tsc_khz);
         tracing::debug!(program = %self.program.display(), ?args, "starting QEMU");
         let child = Command::new(&self.program)
             .args(&args)
@@ -217,11 +224,20 @@ impl Drop for Qemu {
     }
 }
 
-/// QEMU's arguments for `spec`.
-fn command_line(spec: &VmSpec, accel: Accel) -> Vec<OsString> {
+/// QEMU's arguments for `spec`. `guest_tsc_khz`, when known, is the rate
+/// of the guest's TSC, passed to the guest kernel as `tsc_early_khz=`.
+fn command_line(spec: &VmSpec, accel: Accel, guest_tsc_khz: Option<u32>) -> Vec<OsString> {
     let dir = &spec.sandbox;
     let mem = spec.memory_mib;
-    let cmdline = kernel_cmdline(REBOOT, spec);
+    let cmdline = match guest_tsc_khz {
+        Some(khz) => {
+            // Before the spec's own words, so those can still override it.
+            let mut spec = spec.clone();
+            spec.kernel_args.insert(0, format!("tsc_early_khz={khz}"));
+            kernel_cmdline(REBOOT, &spec)
+        }
+        None => kernel_cmdline(REBOOT, spec),
+    };
     let mut args: Vec<OsString> = Vec::new();
     let mut push = |a: &str| args.push(a.into());
     push("-M");
@@ -285,6 +301,94 @@ fn command_line(spec: &VmSpec, accel: Accel) -> Vec<OsString> {
     args
 }
 
+/// The host TSC's rate in kHz, which under TCG is the guest TSC's rate too
+/// (QEMU's TCG `rdtsc` returns the host's TSC plus an offset); `None` where
+/// the host TSC is not invariant (its rate then is no constant to pass on)
+/// or not x86. Measured once per process.
+///
+/// Why the guest needs it: its kernel calibrates the TSC against the PIT,
+/// which fails under TCG ("tsc: Unable to calibrate against PIT", with no
+/// HPET or ACPI PM timer to fall back on), marks the TSC unstable and runs
+/// on the tick-counting `refined-jiffies` clock: 4 ms resolution, no
+/// high-resolution timers, and slow whenever a loaded host makes ticks go
+/// lost. Its delay loop and local APIC timer are then calibrated by counting
+/// ticks too, which under load gave anything from 172 to 502 BogoMIPS and
+/// "APIC timer disabled due to verification failure". With
+/// `tsc_early_khz=` the kernel skips the PIT calibration, times the APIC
+/// calibration with the TSC and keeps the TSC as its clocksource.
+pub fn host_tsc_khz() -> Option<u32> {
+    static KHZ: OnceLock<Option<u32>> = OnceLock::new();
+    *KHZ.get_or_init(|| {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+        if !invariant_tsc(&cpuinfo) {
+            return None;
+        }
+        measure_tsc_khz(Duration::from_millis(20))
+    })
+}
+
+/// Whether `/proc/cpuinfo` text says the TSC runs at a constant rate and
+/// does not stop in idle states.
+fn invariant_tsc(cpuinfo: &str) -> bool {
+    cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .and_then(|l| l.split_once(':'))
+        .is_some_and(|(_, flags)| {
+            let flags: Vec<&str> = flags.split_whitespace().collect();
+            flags.contains(&"constant_tsc") && flags.contains(&"nonstop_tsc")
+        })
+}
+
+/// TSC cycles per millisecond of `CLOCK_MONOTONIC_RAW` over `interval`
+/// (slept, so it costs no CPU). Each end is the tightest of several
+/// clock-TSC-clock readings, so a preemption between the readings does not
+/// skew it; over 20 ms the error is a few parts per million.
+#[cfg(target_arch = "x86_64")]
+fn measure_tsc_khz(interval: Duration) -> Option<u32> {
+    use nix::time::{clock_gettime, ClockId};
+
+    fn now_ns() -> Option<i128> {
+        let t = clock_gettime(ClockId::CLOCK_MONOTONIC_RAW).ok()?;
+        Some(i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec()))
+    }
+    /// (TSC, nanoseconds) read as close together as this host allows.
+    fn sample() -> Option<(u64, i128)> {
+        let mut best: Option<(i128, u64, i128)> = None;
+        for _ in 0..50 {
+            let before = now_ns()?;
+            // SAFETY: rdtsc exists on every x86_64 CPU and only reads the counter.
+            let tsc = unsafe { std::arch::x86_64::_rdtsc() };
+            let after = now_ns()?;
+            let gap = after - before;
+            if best.map_or(true, |(g, _, _)| gap < g) {
+                best = Some((gap, tsc, before + gap / 2));
+            }
+            if gap < 1_000 {
+                break;
+            }
+        }
+        best.map(|(_, tsc, ns)| (tsc, ns))
+    }
+
+    let (tsc0, ns0) = sample()?;
+    std::thread::sleep(interval);
+    let (tsc1, ns1) = sample()?;
+    let ns = ns1 - ns0;
+    let cycles = i128::from(tsc1.checked_sub(tsc0)?);
+    if ns <= 0 {
+        return None;
+    }
+    u32::try_from((cycles * 1_000_000 + ns / 2) / ns)
+        .ok()
+        .filter(|&khz| khz > 0)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn measure_tsc_khz(_interval: Duration) -> Option<u32> {
+    None
+}
+
 /// A path inside a QEMU `key=value,...` option: commas are doubled.
 fn opt_path(path: &Path) -> String {
     path.display().to_string().replace(',', ",,")
@@ -334,7 +438,7 @@ mod tests {
     fn tcg_command_line_has_microvm_shared_memory_and_both_devices() {
         let mut s = spec(Path::new("/run/husk"));
         s.kernel_args = vec!["husk.debug=1".into()];
-        let args = strings(&command_line(&s, Accel::Tcg));
+        let args = strings(&command_line(&s, Accel::Tcg, None));
         assert_eq!(
             value_after(&args, "-M"),
             ["microvm,acpi=off,memory-backend=mem"]
@@ -360,23 +464,72 @@ mod tests {
                 "socket,id=fs,path=/run/husk/vm/vhost-fs.sock",
             ]
         );
-        assert_eq!(
-            value_after(&args, "-append"),
-            ["console=ttyS0 reboot=t panic=-1 quiet husk.debug=1"]
-        );
+        // QEMU passes the shared command line, with the triple-fault reboot
+        // that -no-reboot turns into QEMU exiting.
+        let append = value_after(&args, "-append");
+        assert_eq!(append, [kernel_cmdline(REBOOT, &s)]);
+        assert!(append[0].contains(" reboot=t "), "{append:?}");
+        assert!(append[0].ends_with(" husk.debug=1"), "{append:?}");
         assert!(args.iter().any(|a| a == "-no-reboot"));
     }
 
     #[test]
+    fn a_known_tsc_rate_reaches_the_guest_before_the_spec_words() {
+        let mut s = spec(Path::new("/r"));
+        s.kernel_args = vec!["tsc_early_khz=1".into()];
+        let args = strings(&command_line(&s, Accel::Tcg, Some(2_300_000)));
+        let append = value_after(&args, "-append");
+        assert!(
+            append[0].ends_with(" tsc_early_khz=2300000 tsc_early_khz=1"),
+            "{append:?}"
+        );
+        let args = strings(&command_line(&s, Accel::Tcg, None));
+        assert!(
+            !value_after(&args, "-append")[0].contains("tsc_early_khz=2300000"),
+            "{args:?}"
+        );
+    }
+
+    #[test]
+    fn only_a_constant_nonstop_tsc_counts_as_invariant() {
+        let info = |flags: &str| format!("processor\t: 0\nflags\t\t: fpu tsc {flags}\nbugs\t\t:\n");
+        assert!(invariant_tsc(&info("constant_tsc nonstop_tsc")));
+        assert!(!invariant_tsc(&info("constant_tsc")));
+        assert!(!invariant_tsc(&info("nonstop_tsc")));
+        // Whole flags only, and from the flags line only.
+        assert!(!invariant_tsc(&info("constant_tsc_x nonstop_tsc")));
+        assert!(!invariant_tsc(
+            "bugs\t: constant_tsc nonstop_tsc\nflags\t: fpu\n"
+        ));
+        assert!(!invariant_tsc(""));
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_host_tsc_rate_is_measured_consistently() {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap();
+        if !invariant_tsc(&cpuinfo) {
+            assert_eq!(host_tsc_khz(), None);
+            return;
+        }
+        let a = measure_tsc_khz(Duration::from_millis(20)).expect("a rate");
+        let b = measure_tsc_khz(Duration::from_millis(20)).expect("a rate");
+        // Between 100 MHz and 10 GHz, and two measurements within 0.5 %.
+        assert!((100_000..10_000_000).contains(&a), "{a} kHz");
+        assert!(a.abs_diff(b) * 200 < a, "{a} kHz vs {b} kHz");
+        assert!(host_tsc_khz().is_some());
+    }
+
+    #[test]
     fn kvm_command_line_uses_kvm() {
-        let args = strings(&command_line(&spec(Path::new("/r")), Accel::Kvm));
+        let args = strings(&command_line(&spec(Path::new("/r")), Accel::Kvm, None));
         assert_eq!(value_after(&args, "-accel"), ["kvm"]);
         assert_eq!(value_after(&args, "-cpu"), ["host"]);
     }
 
     #[test]
     fn commas_in_paths_are_escaped_for_qemu_options() {
-        let args = strings(&command_line(&spec(Path::new("/a,b")), Accel::Tcg));
+        let args = strings(&command_line(&spec(Path::new("/a,b")), Accel::Tcg, None));
         assert!(
             value_after(&args, "-chardev").contains(&"socket,id=fs,path=/a,,b/vm/vhost-fs.sock")
         );
