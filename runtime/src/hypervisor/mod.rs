@@ -192,12 +192,13 @@ pub fn kernel_cmdline(reboot: RebootMode, spec: &VmSpec) -> String {
         // (issue 9). The VMM wires the PIT to the IO-APIC itself; a kernel
         // that detects KVM sets this on its own, one under TCG does not.
         "no_timer_check",
-        // The TSC is the VMM's (under TCG the host's TSC, constant rate):
-        // trust it. Otherwise the clocksource watchdog judges it against
-        // tick-based time, which loses ticks under load, marks the TSC
-        // unstable and leaves the guest on a clock that runs slow; and the
-        // boot-time TSC sync check between vCPUs sees "warps" whenever a
-        // vCPU thread is descheduled.
+        // The TSC is the VMM's (under TCG the host's TSC, constant rate and
+        // the same on every vCPU): trust it. Otherwise the clocksource
+        // watchdog judges it against tick-based time, which loses ticks
+        // under load, marks the TSC unstable and leaves the guest on a clock
+        // that runs slow; and each vCPU brought up first spins through a
+        // 20 ms TSC synchronization test with the boot vCPU, which waits
+        // for both vCPU threads to run at once.
         "tsc=reliable",
         // Expedited RCU grace periods after boot (during boot the kernel
         // already expedites them): the agent's mount, namespace and cgroup
