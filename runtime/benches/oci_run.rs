@@ -215,17 +215,24 @@ fn bench() -> Result<(), String> {
     let bundle_sleep = world.bundle("sleep", &["sleep", "3600"])?;
 
     // The first guest instruction, where a VM runs on KVM.
+    let mut notes = Vec::new();
     let trace = if world.targets.iter().any(|t| t.kvm) {
         match KvmEntryTrace::start() {
             Ok(trace) => Some(trace),
             Err(e) => {
-                println!("start → first guest instruction: not measured: {e}");
+                notes.push(format!("(a) not measured: {e}"));
                 None
             }
         }
     } else {
         None
     };
+    for t in world.targets.iter().filter(|t| !t.kvm) {
+        notes.push(format!(
+            "(a) not measured for {}: it runs under TCG on this host, so no KVM entry marks its first instruction",
+            t.backend
+        ));
+    }
 
     let mut results: Vec<Results> = backends.iter().map(|_| Results::default()).collect();
     // One untimed round first: page cache, the guest image's first read. A
@@ -304,6 +311,7 @@ fn bench() -> Result<(), String> {
     }
 
     let report = Report {
+        notes: &notes,
         settings: &settings,
         backends: &backends,
         results: &results,
@@ -748,6 +756,8 @@ fn is_guest_ram(backend: ConcreteBackend, m: &Mapping) -> bool {
 
 /// Everything measured, rendered as Markdown tables.
 struct Report<'a> {
+    /// Lines printed under the summary (what was not measured, and why).
+    notes: &'a [String],
     settings: &'a Settings,
     backends: &'a [ConcreteBackend],
     results: &'a [Results],
@@ -1017,6 +1027,9 @@ impl Report<'_> {
              the VM (for QEMU, its firmware's first instruction); VMM side = the sandbox \
              process (and QEMU), each without its guest RAM mappings."
         );
+        for note in self.notes {
+            let _ = writeln!(out, "{note}");
+        }
         if both.is_some() {
             let verdict = |r: Option<f64>, target: f64| match r {
                 Some(r) if r >= target => format!("met ({r:.2}x)"),
