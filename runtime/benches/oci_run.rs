@@ -279,6 +279,9 @@ fn bench() -> Result<(), String> {
                 Err(e) => {
                     eprintln!("oci_run: {} {id}: {e}", backends[t]);
                     result.failures.push(format!("{id}: {}", first_line(&e)));
+                    // Whatever the failed run left must not run beside the
+                    // next one (its vCPUs would be in the KVM trace).
+                    world.delete_if_there(t, &id);
                     if result.failures.len() > allowed_failures {
                         result.dropped = Some("too many failed runs".into());
                     }
@@ -318,7 +321,23 @@ fn bench() -> Result<(), String> {
         peer_times: &peer_times,
     };
     print!("{}", report.render());
-    world.check_clean()
+    world.check_clean()?;
+    // Tables first, then the verdict: a backend that could not give its
+    // runs is a failure (one this host cannot run at all was skipped above).
+    let short: Vec<String> = backends
+        .iter()
+        .zip(&results)
+        .filter(|(_, r)| r.runs.len() < settings.runs || r.memory.len() < settings.memory_sandboxes)
+        .map(|(b, _)| b.to_string())
+        .collect();
+    if short.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "failed runs on {} (listed above the tables)",
+            short.join(", ")
+        ))
+    }
 }
 
 fn first_line(text: &str) -> &str {
@@ -568,6 +587,20 @@ impl World {
             usage.push(u);
         }
         Ok(usage)
+    }
+
+    /// `husk delete --force` of run `id` of target `t` (as [`husk_run`]
+    /// names it), if its container is still there.
+    ///
+    /// [`husk_run`]: Self::husk_run
+    fn delete_if_there(&mut self, t: usize, id: &str) {
+        let id = format!("{}-{id}", self.targets[t].backend);
+        if Store::new(&self.root).load(&id).is_ok() {
+            let log = self.logs.join(format!("{id}-delete.json"));
+            if let Err(e) = self.husk(t, &log, &["delete", "--force", &id]) {
+                eprintln!("oci_run: {e}");
+            }
+        }
     }
 
     /// Errors unless nothing of any container is left.
