@@ -101,7 +101,13 @@ impl Sandbox {
         if config.guest.debug_console {
             kernel_args.push("loglevel=7".to_owned());
         }
-        kernel_args.extend(config.guest.kernel_params.split_whitespace().map(str::to_owned));
+        kernel_args.extend(
+            config
+                .guest
+                .kernel_params
+                .split_whitespace()
+                .map(str::to_owned),
+        );
         let spec = VmSpec {
             vcpus: size.vcpus,
             memory_mib: size.memory_mib,
