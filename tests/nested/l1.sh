@@ -10,7 +10,9 @@
 # file system (mounted read-only, so every path is the same), with fresh
 # /proc, /sys, /sys/fs/cgroup (v2), /dev (/dev/kvm works), tmpfs on /run,
 # /tmp, /var/tmp, /dev/shm and /root, and DIR writable at the same path.
-# SCRIPT must not live under those tmpfs. Its stdout and stderr go to DIR/script.log, its status to DIR/status, and
+# The work tree this script is in, SCRIPT's directory and every argument that
+# is an existing path stay visible even under those tmpfs (a clone in /tmp).
+# Its stdout and stderr go to DIR/script.log, its status to DIR/status, and
 # L1's console to DIR/l1-console.log.
 #
 # Exit status: SCRIPT's; 77 when this host cannot run the layer (DIR/skip says
@@ -45,10 +47,7 @@ mkdir -p "$out"
 out=$(cd "$out" && pwd)
 script=$(realpath "$1")
 shift
-case $script in
-/run/* | /tmp/* | /var/tmp/* | /dev/shm/* | /root/*)
-    die "$script is hidden inside L1 (a fresh tmpfs covers its directory); keep scripts elsewhere" ;;
-esac
+
 # What an earlier run left must not be read as this run's.
 rm -rf "$out/.l1" "$out/status" "$out/skip" "$out/script.log" "$out/l1-console.log" \
     "$out"/console-*.log "$out"/kvm-trace-*
@@ -61,6 +60,15 @@ mkdir -p "$out/.l1"
     printf ' %q' "$@"
     printf '\n'
 } >"$out/.l1/command"
+
+# Directories L1 binds back over its fresh tmpfs, outermost first.
+{
+    realpath "$HERE/../.."
+    dirname "$script"
+    for arg in "$@"; do
+        [[ $arg == /* && -e $arg ]] && dirname "$(realpath "$arg")"
+    done
+} | awk '!seen[$0]++' >"$out/.l1/keep"
 
 l1=$("$HERE/build-l1.sh" | tail -n 1)
 
