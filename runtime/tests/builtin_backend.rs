@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use husk_runtime::hypervisor::builtin::Builtin;
 use husk_runtime::hypervisor::{
-    new_hypervisor, ConcreteBackend, Error, Hypervisor, Stopped, VmExit, VmSpec,
+    kernel_cmdline, new_hypervisor, ConcreteBackend, Error, Hypervisor, RebootMode, Stopped,
+    VmExit, VmSpec,
 };
 use husk_runtime::sandbox_dir::SandboxDir;
 use husk_runtime::sandbox_vm::{self, SandboxVm};
@@ -133,10 +134,13 @@ fn guest_gets_the_command_line_with_both_devices_and_the_initrd() {
     let initrd_len = fs::metadata(&spec.initrd).unwrap().len();
     assert_ne!(u32_at(&out, at), 0, "initrd address");
     assert_eq!(u64::from(u32_at(&out, at + 4)), initrd_len, "initrd size");
+    // The runtime's own line (reboot=k: the builtin VMM ends the VM on the
+    // i8042 reset), the spec's words, then the VMM's two device entries.
+    let line = kernel_cmdline(RebootMode::Keyboard, &spec);
+    assert!(line.contains(" reboot=k ") && line.ends_with(" husk.test=zero-page"));
     assert_eq!(
         String::from_utf8_lossy(&out[at + 8..]),
-        "console=ttyS0 reboot=k panic=-1 quiet husk.test=zero-page \
-         virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6\0"
+        format!("{line} virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6\0")
     );
     hv.stop(Duration::ZERO).unwrap();
     assert_nothing_left(&spec);
