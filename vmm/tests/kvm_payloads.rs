@@ -9,7 +9,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use husk_vmm::machine::{EntryPoint, Error, ExitReason, HostCheck, Vm, VmConfig};
@@ -52,6 +52,14 @@ fn boot(config: VmConfig) -> (ExitReason, Vm) {
     (reason, vm)
 }
 
+/// One VM at a time, the payload `name` assembled and KVM usable: what every
+/// payload test needs first (`None` skips it, the reason already printed).
+fn payload_on_kvm(name: &str) -> Option<(MutexGuard<'static, ()>, Payload)> {
+    let guard = one_vm_at_a_time();
+    let payload = Payload::build(name)?;
+    kvm_usable().then_some((guard, payload))
+}
+
 fn config(kernel: &Kernel, console: &Console) -> VmConfig {
     let mut config = VmConfig::new(kernel.path());
     config.memory_mib = 64;
@@ -61,13 +69,9 @@ fn config(kernel: &Kernel, console: &Console) -> VmConfig {
 
 #[test]
 fn serial_output_reaches_console_sink() {
-    let _guard = one_vm_at_a_time();
-    let Some(payload) = Payload::build("serial_hello") else {
+    let Some((_guard, payload)) = payload_on_kvm("serial_hello") else {
         return;
     };
-    if !kvm_usable() {
-        return;
-    }
     let kernel = payload.elf64();
     let console = Console::default();
     let (reason, vm) = boot(config(&kernel, &console));
@@ -81,13 +85,9 @@ fn serial_output_reaches_console_sink() {
 
 #[test]
 fn bzimage_boots_through_its_64bit_entry() {
-    let _guard = one_vm_at_a_time();
-    let Some(payload) = Payload::build("serial_hello") else {
+    let Some((_guard, payload)) = payload_on_kvm("serial_hello") else {
         return;
     };
-    if !kvm_usable() {
-        return;
-    }
     let kernel = payload.bzimage();
     let console = Console::default();
     let (reason, vm) = boot(config(&kernel, &console));
@@ -101,13 +101,9 @@ fn bzimage_boots_through_its_64bit_entry() {
 
 #[test]
 fn guest_reads_e820_initrd_and_cmdline_from_zero_page() {
-    let _guard = one_vm_at_a_time();
-    let Some(payload) = Payload::build("zero_page") else {
+    let Some((_guard, payload)) = payload_on_kvm("zero_page") else {
         return;
     };
-    if !kvm_usable() {
-        return;
-    }
     let kernel = payload.elf64();
     let initrd = tempfile::NamedTempFile::new().unwrap();
     let initrd_data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
@@ -180,13 +176,9 @@ impl VirtioDevice for ProbeDevice {
 
 #[test]
 fn guest_finds_virtio_mmio_device_from_cmdline_and_negotiates() {
-    let _guard = one_vm_at_a_time();
-    let Some(payload) = Payload::build("virtio_probe") else {
+    let Some((_guard, payload)) = payload_on_kvm("virtio_probe") else {
         return;
     };
-    if !kvm_usable() {
-        return;
-    }
     let kernel = payload.elf64();
     let console = Console::default();
     let activated = Arc::new(Mutex::new(false));
@@ -253,13 +245,9 @@ impl VirtioDevice for EchoDevice {
 
 #[test]
 fn guest_activates_device_notifies_queue_and_sees_used_interrupt() {
-    let _guard = one_vm_at_a_time();
-    let Some(payload) = Payload::build("virtio_activate") else {
+    let Some((_guard, payload)) = payload_on_kvm("virtio_activate") else {
         return;
     };
-    if !kvm_usable() {
-        return;
-    }
     let kernel = payload.elf64();
     let console = Console::default();
     let notified = Arc::new(Mutex::new(0));
@@ -289,13 +277,9 @@ fn host_cpuid(leaf: u32) -> [u32; 4] {
 
 #[test]
 fn guest_cpuid_has_host_signature_and_brand_tsc_deadline_and_no_pmu() {
-    let _guard = one_vm_at_a_time();
-    let Some(payload) = Payload::build("cpuid_report") else {
+    let Some((_guard, payload)) = payload_on_kvm("cpuid_report") else {
         return;
     };
-    if !kvm_usable() {
-        return;
-    }
     let kernel = payload.elf64();
     let console = Console::default();
     let (reason, _vm) = boot(config(&kernel, &console));
@@ -343,13 +327,9 @@ fn from_bcd(b: u8) -> u32 {
 
 #[test]
 fn guest_probes_cmos_and_i8042_through_port_io_and_resets() {
-    let _guard = one_vm_at_a_time();
-    let Some(payload) = Payload::build("legacy_probe") else {
+    let Some((_guard, payload)) = payload_on_kvm("legacy_probe") else {
         return;
     };
-    if !kvm_usable() {
-        return;
-    }
     let kernel = payload.elf64();
     let console = Console::default();
     let before = std::time::SystemTime::now();
@@ -393,13 +373,9 @@ fn guest_probes_cmos_and_i8042_through_port_io_and_resets() {
 
 #[test]
 fn amd_legacy_pmu_msrs_raise_gp_when_kvm_can_filter() {
-    let _guard = one_vm_at_a_time();
-    let Some(payload) = Payload::build("pmu_msrs") else {
+    let Some((_guard, payload)) = payload_on_kvm("pmu_msrs") else {
         return;
     };
-    if !kvm_usable() {
-        return;
-    }
     let kernel = payload.elf64();
     let console = Console::default();
     let (reason, _vm) = boot(config(&kernel, &console));
@@ -417,13 +393,9 @@ fn amd_legacy_pmu_msrs_raise_gp_when_kvm_can_filter() {
 
 #[test]
 fn two_vcpus_both_run_with_their_own_apic_ids() {
-    let _guard = one_vm_at_a_time();
-    let Some(payload) = Payload::build("smp") else {
+    let Some((_guard, payload)) = payload_on_kvm("smp") else {
         return;
     };
-    if !kvm_usable() {
-        return;
-    }
     let kernel = payload.elf64();
     let console = Console::default();
     let mut cfg = config(&kernel, &console);
@@ -435,13 +407,9 @@ fn two_vcpus_both_run_with_their_own_apic_ids() {
 
 #[test]
 fn pvh_note_selects_32bit_entry_and_start_info() {
-    let _guard = one_vm_at_a_time();
-    let Some(payload) = Payload::build("pvh_probe") else {
+    let Some((_guard, payload)) = payload_on_kvm("pvh_probe") else {
         return;
     };
-    if !kvm_usable() {
-        return;
-    }
     let kernel = payload.elf_pvh();
     let console = Console::default();
     let mut cfg = config(&kernel, &console);
@@ -493,13 +461,9 @@ fn pvh_payload_reads_start_info_on_hardware_kvm() {
 
 #[test]
 fn pause_parks_vcpus_and_resume_continues() {
-    let _guard = one_vm_at_a_time();
-    let Some(payload) = Payload::build("smp") else {
+    let Some((_guard, payload)) = payload_on_kvm("smp") else {
         return;
     };
-    if !kvm_usable() {
-        return;
-    }
     // vCPU 1 sits in wait-for-SIPI until vCPU 0 starts it; pausing right
     // after start must park both, whatever they were doing.
     let kernel = payload.elf64();
@@ -524,13 +488,9 @@ fn pause_parks_vcpus_and_resume_continues() {
 
 #[test]
 fn stop_ends_a_running_vm() {
-    let _guard = one_vm_at_a_time();
-    let Some(payload) = Payload::build("smp") else {
+    let Some((_guard, payload)) = payload_on_kvm("smp") else {
         return;
     };
-    if !kvm_usable() {
-        return;
-    }
     // With one vCPU the boot vCPU waits forever for an AP that never comes.
     let kernel = payload.elf64();
     let console = Console::default();
@@ -595,13 +555,9 @@ fn initrd_too_big_for_memory_is_refused() {
 
 #[test]
 fn kernel_bigger_than_memory_is_refused() {
-    let _guard = one_vm_at_a_time();
-    let Some(payload) = Payload::build("serial_hello") else {
+    let Some((_guard, payload)) = payload_on_kvm("serial_hello") else {
         return;
     };
-    if !kvm_usable() {
-        return;
-    }
     // The file is tiny, but its bss reaches past the end of 4 MiB of RAM.
     let kernel = payload.elf64_with_memsz(4 << 20);
     let console = Console::default();
@@ -646,13 +602,9 @@ fn cmdline_longer_than_bzimage_accepts_is_refused() {
 
 #[test]
 fn triple_fault_ends_the_vm_with_its_reason() {
-    let _guard = one_vm_at_a_time();
-    let Some(payload) = Payload::build("triple_fault") else {
+    let Some((_guard, payload)) = payload_on_kvm("triple_fault") else {
         return;
     };
-    if !kvm_usable() {
-        return;
-    }
     let kernel = payload.elf64();
     let console = Console::default();
     let (reason, _vm) = boot(config(&kernel, &console));
