@@ -26,14 +26,11 @@ struct Sample {
 async fn one_boot(artifacts: &guest::GuestArtifacts, round: usize) -> Sample {
     let root = tempfile::tempdir().expect("tempdir");
     let dir = SandboxDir::new(root.path(), &format!("bench{round}")).expect("sandbox dir");
-    let spec = VmSpec {
-        vcpus: 1,
-        memory_mib: 256,
-        kernel: artifacts.kernel.clone(),
-        initrd: artifacts.initrd.clone(),
-        kernel_args: vec![],
-        sandbox: dir.clone(),
-    };
+    let spec = VmSpec::new(
+        artifacts.kernel.clone(),
+        artifacts.initrd.clone(),
+        dir.clone(),
+    );
     let launched = Instant::now();
     let vm = SandboxVm::boot(Box::new(Qemu::new()), spec, Duration::from_secs(60))
         .await

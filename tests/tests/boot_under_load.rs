@@ -172,15 +172,8 @@ async fn four_sandboxes_boot_at_once_while_busy_loops_hog_every_cpu() {
         let name = format!("load{i}");
         let dir = SandboxDir::new(root.path(), &name).expect("sandbox dir");
         dirs.push(dir.clone());
-        let spec = VmSpec {
-            // configuration.toml's default_vcpus, as `make demo` boots.
-            vcpus: 1,
-            memory_mib: 256,
-            kernel: artifacts.kernel.clone(),
-            initrd: artifacts.initrd.clone(),
-            kernel_args: vec![],
-            sandbox: dir,
-        };
+        // configuration.toml's default size, as `make demo` boots.
+        let spec = VmSpec::new(artifacts.kernel.clone(), artifacts.initrd.clone(), dir);
         boots.spawn(boot(name, spec));
     }
 

@@ -63,14 +63,11 @@ async fn qemu_microvm_boots_the_agent_and_runs_containers_over_virtio_fs() {
     let root = tempfile::tempdir().expect("tempdir");
     let dir = SandboxDir::new(root.path(), "e2e").expect("sandbox dir");
     let _dump = DumpOnPanic(dir.clone());
-    let spec = VmSpec {
-        vcpus: 1,
-        memory_mib: 256,
-        kernel: artifacts.kernel.clone(),
-        initrd: artifacts.initrd.clone(),
-        kernel_args: vec![],
-        sandbox: dir.clone(),
-    };
+    let spec = VmSpec::new(
+        artifacts.kernel.clone(),
+        artifacts.initrd.clone(),
+        dir.clone(),
+    );
 
     let launched = Instant::now();
     let vm = match SandboxVm::boot(Box::new(Qemu::new()), spec, AGENT_TIMEOUT).await {
@@ -317,14 +314,11 @@ fn a_missing_kernel_is_an_error_before_anything_starts() {
     let root = tempfile::tempdir().expect("tempdir");
     let dir = SandboxDir::new(root.path(), "nokernel").expect("sandbox dir");
     dir.create().expect("create");
-    let spec = VmSpec {
-        vcpus: 1,
-        memory_mib: 256,
-        kernel: root.path().join("missing-vmlinux"),
-        initrd: root.path().join("missing-initrd"),
-        kernel_args: vec![],
-        sandbox: dir.clone(),
-    };
+    let spec = VmSpec::new(
+        root.path().join("missing-vmlinux"),
+        root.path().join("missing-initrd"),
+        dir.clone(),
+    );
     let mut qemu = Qemu::new();
     let err = qemu.start(&spec).expect_err("start without a kernel");
     assert!(err.to_string().contains("missing-vmlinux"), "{err}");

@@ -55,6 +55,23 @@ pub struct VmSpec {
     pub sandbox: SandboxDir,
 }
 
+impl VmSpec {
+    /// A VM of the configuration's default size (`guest.default_vcpus`,
+    /// `guest.default_memory_mib`) booting `kernel` and `initrd` in
+    /// `sandbox`, with no words of its own on the kernel command line.
+    pub fn new(kernel: PathBuf, initrd: PathBuf, sandbox: SandboxDir) -> Self {
+        let defaults = crate::config::Guest::default();
+        Self {
+            vcpus: defaults.default_vcpus,
+            memory_mib: defaults.default_memory_mib,
+            kernel,
+            initrd,
+            kernel_args: Vec::new(),
+            sandbox,
+        }
+    }
+}
+
 /// Errors from a hypervisor backend.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
