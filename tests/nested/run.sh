@@ -49,6 +49,11 @@ fi
 if ((status != 0)); then
     printf '\nnested: L1 console tail (%s):\n' "$out/l1-console.log"
     tail -n 25 "$out/l1-console.log" 2>/dev/null
+    for hang in "$out"/hang-*.txt; do
+        [[ -f $hang ]] || continue
+        printf '\nnested: a husk command that hung (%s):\n' "$hang"
+        head -n 60 "$hang"
+    done
     for where in "$out"/kvm-trace-*.where; do
         [[ -f $where ]] || continue
         printf '\nnested: where L1 last saw the guest (%s):\n' "$where"

@@ -95,7 +95,30 @@ config silent "$W/silent.img" "$SILENT_TIMEOUT" true
 
 # ---- helpers over husk ----
 
-husk() { "$HUSK" --config "$W/${CONFIG:-builtin}.toml" "$@"; }
+# Every husk command is bounded, so that a hang is a failure with evidence
+# (what each husk thread waits on, L1's last KVM exits), not a layer that
+# runs out of time. LIMIT overrides the bound for a long-lived `run`.
+husk() {
+    local st
+    timeout -k 10 "${LIMIT:-$((BOOT_TIMEOUT + 90))}" "$HUSK" --config "$W/${CONFIG:-builtin}.toml" "$@"
+    st=$?
+    ((st == 124 || st == 137)) && hang_dump "$1-$BASHPID"
+    return "$st"
+}
+# hang_dump NAME: every husk process and thread, where each waits (kernel
+# stack), and L1's last KVM exits.
+hang_dump() {
+    local file=$OUT/hang-$1.txt task
+    {
+        ps -eLo pid,tid,stat,wchan:32,comm,args | grep -E '[h]usk|PID' | cut -c1-220
+        for task in $(pgrep -f "$HUSK" | sed 's|^|/proc/|; s|$|/task/*|'); do
+            printf -- '--- %s %s\n' "$task" "$(cat "$task/comm" 2>/dev/null)"
+            cat "$task/stack" 2>/dev/null
+        done
+    } >"$file" 2>&1
+    log "husk $1 timed out: its processes and threads are in $file"
+    trace_keep "hang-$1"
+}
 status_of() { husk state "$1" 2>/dev/null | jq -r .status; }
 # wait_status ID STATUS SECS
 wait_status() {
@@ -188,7 +211,7 @@ for _ in 1 2; do
 done
 trace_clear
 log "booting main and exit3 at once, under ${#hogs[@]} CPU hogs"
-husk run --bundle "$W/main" main >"$W/main.out" 2>"$W/main.err" &
+LIMIT=900 husk run --bundle "$W/main" main >"$W/main.out" 2>"$W/main.err" &
 main_pid=$!
 husk run --bundle "$W/exit3" exit3 >"$W/exit3.out" 2>"$W/exit3.err" &
 exit3_pid=$!
