@@ -66,7 +66,7 @@ mkdir -p "$out/.l1"
     realpath "$HERE/../.."
     dirname "$script"
     for arg in "$@"; do
-        [[ $arg == /* && -e $arg ]] && dirname "$(realpath "$arg")"
+        if [[ $arg == /* && -e $arg ]]; then dirname "$(realpath "$arg")"; fi
     done
 } | awk '!seen[$0]++' >"$out/.l1/keep"
 
