@@ -17,7 +17,7 @@ readonly OUT=${NESTED_OUT:?run this through tests/nested/l1.sh}
 readonly W=/tmp/nested
 readonly SANDBOXES=/run/husk/vm
 # A guest boot here is everything emulated twice over: tens of seconds.
-readonly BOOT_TIMEOUT=240
+readonly BOOT_TIMEOUT=150
 # The guest that never answers: long enough for its kernel to reach /init.
 readonly SILENT_TIMEOUT=30
 
@@ -90,7 +90,7 @@ cp /bin/busybox "$W/silent/bin/busybox"
 printf '#!/bin/busybox sh\nwhile :; do /bin/busybox sleep 3600; done\n' >"$W/silent/init"
 chmod 0755 "$W/silent/init"
 (cd "$W/silent" && find . | cpio -o -H newc --quiet) >"$W/silent.img"
-config panic "$W/panic.img" "$BOOT_TIMEOUT" true
+config panic "$W/panic.img" 90 true
 config silent "$W/silent.img" "$SILENT_TIMEOUT" true
 
 # ---- helpers over husk ----
@@ -145,6 +145,27 @@ leftovers() {
         find /run/husk -mindepth 1 -maxdepth 2 ! -path "$SANDBOXES" 2>/dev/null
         grep -F /run/husk /proc/self/mountinfo
     } 2>/dev/null
+}
+
+# ---- the nested platform's own failures ----
+
+# QEMU's emulation of SVM sometimes fails a nested guest on its own
+# (docs/nested-kvm.md): the guest kernel triple-faults in its early boot, or
+# stalls before it runs /init. A boot that fails that way, and only that
+# way, runs once more, and says so; the retries are counted at the end.
+platform_retries=0
+# platform_failed ERR: the husk run whose stderr is ERR failed like that.
+platform_failed() {
+    grep -q 'guest VM ended: TripleFault' "$1" && return 0
+    grep -q 'agent not reachable' "$1" && ! grep -q -E 'Run /init|husk_agent|Kernel panic' "$1"
+}
+# platform_retry NAME ERR: note the failure, keep its evidence.
+platform_retry() {
+    platform_retries=$((platform_retries + 1))
+    log "platform: $1 failed as the nested platform fails ($(grep -o -m1 -E 'TripleFault[^)]*|agent not reachable' "$2")); once more"
+    cp "$2" "$OUT/platform-$1.err"
+    trace_keep "platform-$1"
+    trace_clear
 }
 
 # ---- what L1's KVM saw, kept when a boot fails ----
@@ -204,25 +225,40 @@ bundle main '.linux.resources.cpu = {"quota": 200000, "period": 100000} |
     sh -c 'echo main-ready; exec sleep 100000' || exit 2
 bundle exit3 '.' sh -c 'echo hello from the nested builtin VMM; cat /proc/sys/kernel/random/boot_id >/boot_id; exit 3' || exit 2
 
-hogs=()
-for _ in 1 2; do
-    (while :; do :; done) &
-    hogs+=($!)
-done
-trace_clear
-log "booting main and exit3 at once, under ${#hogs[@]} CPU hogs"
-LIMIT=900 husk run --bundle "$W/main" main >"$W/main.out" 2>"$W/main.err" &
-main_pid=$!
-husk run --bundle "$W/exit3" exit3 >"$W/exit3.out" 2>"$W/exit3.err" &
-exit3_pid=$!
-wait_status main running "$BOOT_TIMEOUT"
-main_up=$?
-keep_console main
-wait "$exit3_pid"
-exit3_status=$?
-kill "${hogs[@]}" 2>/dev/null
-wait "${hogs[@]}" 2>/dev/null
-log "both booted in $(elapsed "$start") (from the suite's start)"
+# Boots main and exit3 at once under two CPU hogs; sets main_pid, main_up
+# and exit3_status.
+boot_two_at_once() {
+    local hogs=() _
+    for _ in 1 2; do
+        (while :; do :; done) &
+        hogs+=($!)
+    done
+    trace_clear
+    log "booting main and exit3 at once, under ${#hogs[@]} CPU hogs"
+    LIMIT=900 husk run --bundle "$W/main" main >"$W/main.out" 2>"$W/main.err" &
+    main_pid=$!
+    husk run --bundle "$W/exit3" exit3 >"$W/exit3.out" 2>"$W/exit3.err" &
+    exit3_pid=$!
+    wait_status main running "$BOOT_TIMEOUT"
+    main_up=$?
+    ((main_up == 0)) || kill "$main_pid" 2>/dev/null
+    keep_console main
+    wait "$exit3_pid"
+    exit3_status=$?
+    kill "${hogs[@]}" 2>/dev/null
+    wait "${hogs[@]}" 2>/dev/null
+    log "both booted in $(elapsed "$start") (from the suite's start)"
+}
+boot_two_at_once
+if ((main_up != 0)) && platform_failed "$W/main.err"; then
+    wait "$main_pid"
+    platform_retry main "$W/main.err"
+    boot_two_at_once
+elif ((exit3_status != 3)) && platform_failed "$W/exit3.err"; then
+    platform_retry exit3 "$W/exit3.err"
+    husk run --bundle "$W/exit3" exit3 >"$W/exit3.out" 2>"$W/exit3.err"
+    exit3_status=$?
+fi
 
 [[ $main_up -eq 0 && $exit3_status -eq 3 ]] || trace_keep two-at-once
 check "main boots under hogs and runs" "state $(status_of main); $(tail -n 3 "$W/main.err")" test "$main_up" -eq 0
@@ -322,9 +358,15 @@ check "delete leaves no process, mount or directory" "$left" test -z "$left"
 # reads its wall clock from the VMM's MC146818 at boot.
 bundle oom '.linux.resources.memory = {"limit": 33554432}' \
     sh -c 'date +%s >/guest_date; exec dd if=/dev/zero of=/dev/null bs=64M count=1' || exit 2
+run_oom() { CONFIG=cmos husk run --bundle "$W/oom" oom >"$W/oom.out" 2>"$W/oom.err"; }
 trace_clear
-CONFIG=cmos husk run --bundle "$W/oom" oom >"$W/oom.out" 2>"$W/oom.err"
+run_oom
 st=$?
+if ((st != 137)) && platform_failed "$W/oom.err"; then
+    platform_retry oom "$W/oom.err"
+    run_oom
+    st=$?
+fi
 ((st == 137)) || trace_keep oom
 host_date=$(date +%s)
 check "32 MiB limit: the hog is OOM-killed (137)" "got $st: $(tail -n 3 "$W/oom.err")" test "$st" -eq 137
@@ -334,15 +376,29 @@ check "no kvmclock: the guest's wall clock comes from the CMOS RTC" \
 
 # ---- 6. guests that die or never answer end the sandbox with an error ----
 
+run_panicking() {
+    t0=$(date +%s)
+    CONFIG=panic husk run --bundle "$W/exit3" panicking >"$W/panic.out" 2>"$W/panic.err"
+    panic_status=$? panic_took=$(($(date +%s) - t0))
+}
+run_silent() {
+    t0=$(date +%s)
+    CONFIG=silent husk run --bundle "$W/exit3" silent >"$W/silent.out" 2>"$W/silent.err"
+    silent_status=$? silent_took=$(($(date +%s) - t0))
+}
 trace_clear
-t0=$(date +%s)
-CONFIG=panic husk run --bundle "$W/exit3" panicking >"$W/panic.out" 2>"$W/panic.err"
-panic_status=$? panic_took=$(($(date +%s) - t0))
+run_panicking
+if ! grep -q 'Kernel panic' "$W/panic.err" && platform_failed "$W/panic.err"; then
+    platform_retry panicking "$W/panic.err"
+    run_panicking
+fi
 grep -q 'the VM ended during boot' "$W/panic.err" || trace_keep panicking
 trace_clear
-t0=$(date +%s)
-CONFIG=silent husk run --bundle "$W/exit3" silent >"$W/silent.out" 2>"$W/silent.err"
-silent_status=$? silent_took=$(($(date +%s) - t0))
+run_silent
+if platform_failed "$W/silent.err"; then
+    platform_retry silent "$W/silent.err"
+    run_silent
+fi
 log "panicking guest ended after $panic_took s, silent guest after $silent_took s"
 check "a panicking guest fails the run: the VM ended during boot" "exit $panic_status: $(cat "$W/panic.err")" \
     grep -q 'the VM ended during boot' "$W/panic.err"
@@ -362,6 +418,6 @@ dmesg >"$OUT/l1-dmesg-suite.log"
 check "no guest reached an MSR the VMM leaves unhandled" "$(grep -E 'Unhandled (WR|RD)MSR' "$OUT/l1-dmesg-suite.log" | head -n 3)" \
     absent 'Unhandled (WR|RD)MSR' "$OUT/l1-dmesg-suite.log"
 
-log "suite took $(elapsed "$start")"
+log "suite took $(elapsed "$start"), $platform_retries boot(s) run again after a platform failure"
 printf '%s passed, %s failed\n' "$passed" "$failed"
 ((failed == 0))
