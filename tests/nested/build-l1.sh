@@ -24,8 +24,9 @@ readonly CACHE=${HUSK_NESTED_CACHE:-/var/cache/husk/nested}
 # each one's dependencies into load order.
 readonly MODULES=(virtio_pci 9pnet_virtio 9p kvm_amd)
 # kmod: depmod and modprobe resolve the load order; jq: the suite edits
-# OCI specs with it (inside L1, from the host root).
-readonly DEPS=(kmod busybox-static cpio gzip qemu-system-x86 jq)
+# OCI specs with it (inside L1, from the host root); python3: l1.sh reads
+# L1's monitor and names the addresses of a wedged L1 or a stuck guest.
+readonly DEPS=(kmod busybox-static cpio gzip qemu-system-x86 jq python3)
 
 log() { printf 'nested: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -89,6 +90,8 @@ build() {
     local tmp
     tmp=$(mktemp -d "$CACHE/.install.XXXXXX")
     cp "$work/pkg/boot/vmlinuz-$release" "$tmp/vmlinuz"
+    # Names L1's instruction pointers when it wedges (it boots with nokaslr).
+    cp "$work/pkg/boot/System.map-$release" "$tmp/System.map"
     mv "$work/initrd.gz" "$tmp/initrd.gz"
     printf 'kernel %s\nmodules %s\n' "$pkg" "$(tr '\n' ' ' <"$root/modules/order")" >"$tmp/build-info"
     rm -rf "$dest"

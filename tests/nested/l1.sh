@@ -18,7 +18,8 @@
 # Exit status: SCRIPT's; 77 when this host cannot run the layer (DIR/skip says
 # why: no SVM emulation in this QEMU); 124 when L1 ran out of time; 125 when
 # L1 ended without a status (its kernel died: a platform failure, see
-# DIR/l1-console.log).
+# DIR/l1-console.log); 126 when L1 stopped making progress (its kernel
+# wedged: a platform failure, its CPUs' registers in DIR/l1-registers.txt).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -28,6 +29,8 @@ usage() { sed -n '2,21s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2; exit 2; }
 die() { printf 'nested: error: %s\n' "$*" >&2; exit 2; }
 
 out= smp=2 mem=4096 timeout=900
+# Seconds without a heartbeat from L1 after which it counts as wedged.
+readonly STALL_SECS=90
 while (($#)); do
     case $1 in
     --out) out=${2:?}; shift 2 ;;
@@ -49,7 +52,7 @@ script=$(realpath "$1")
 shift
 
 # What an earlier run left must not be read as this run's.
-rm -rf "$out/.l1" "$out/status" "$out/skip" "$out/script.log" "$out/l1-console.log" \
+rm -rf "$out/.l1" "$out/status" "$out/skip" "$out/script.log" "$out/l1-console.log" "$out/l1-registers.txt" \
     "$out"/console-*.log "$out"/kvm-trace-*
 mkdir -p "$out/.l1"
 {
@@ -72,20 +75,81 @@ mkdir -p "$out/.l1"
 
 l1=$("$HERE/build-l1.sh" | tail -n 1)
 
+# Where L1's monitor listens: a short path, socket paths are limited.
+monitor_dir=$(mktemp -d /tmp/husk-l1.XXXXXX)
+trap 'rm -rf "$monitor_dir"' EXIT
+
+# monitor_dump FILE: every L1 vCPU's registers, its instruction pointers
+# named against L1's kernel (booted without KASLR for that), and the tail
+# of its console: what a wedged L1 was doing.
+monitor_dump() {
+    python3 - "$monitor_dir/monitor.sock" "$l1/System.map" >"$1" 2>&1 <<'PY'
+import bisect, re, socket, sys, time
+sock_path, system_map = sys.argv[1], sys.argv[2]
+s = socket.socket(socket.AF_UNIX)
+s.connect(sock_path)
+s.settimeout(2)
+s.sendall(b"info cpus\ninfo registers -a\n")
+out, end = b"", time.time() + 5
+while time.time() < end:
+    try:
+        chunk = s.recv(65536)
+    except socket.timeout:
+        break
+    if not chunk:
+        break
+    out += chunk
+text = out.decode(errors="replace")
+print(text)
+syms = []
+for line in open(system_map):
+    addr, kind, name = line.split()[:3]
+    if kind in "tTwW":
+        syms.append((int(addr, 16), name))
+syms.sort()
+addrs = [a for a, _ in syms]
+for rip in re.findall(r"RIP=([0-9a-f]{16})", text):
+    i = bisect.bisect_right(addrs, int(rip, 16)) - 1
+    print(f"RIP {rip}: {syms[i][1]}+{int(rip, 16) - syms[i][0]:#x}" if i >= 0 else f"RIP {rip}: ?")
+PY
+}
+
 # Host root read-only; the output directory writable. multidevs=remap keeps
 # inode numbers unique across the host's several file systems.
-status=0
-timeout --kill-after=10 "$timeout" qemu-system-x86_64 \
+qemu-system-x86_64 \
     -accel tcg -cpu max -smp "$smp" -m "$mem" -M pc \
-    -display none -monitor none -no-user-config -nodefaults -no-reboot \
+    -display none -no-user-config -nodefaults -no-reboot \
+    -monitor "unix:$monitor_dir/monitor.sock,server=on,wait=off" \
     -serial "file:$out/l1-console.log" \
     -kernel "$l1/vmlinuz" -initrd "$l1/initrd.gz" \
-    -append "console=ttyS0 rdinit=/init panic=-1 mitigations=off husk.out=$out" \
+    -append "console=ttyS0 rdinit=/init panic=-1 mitigations=off nokaslr husk.out=$out" \
     -fsdev "local,id=hostroot,path=/,security_model=passthrough,readonly=on,multidevs=remap" \
     -device virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot \
     -fsdev "local,id=out,path=$out,security_model=passthrough,multidevs=remap" \
     -device virtio-9p-pci,fsdev=out,mount_tag=out \
-    -net none || status=$?
+    -net none &
+qemu=$!
+
+# L1's init writes a heartbeat every few seconds: when it stops while QEMU
+# still runs, L1's kernel has wedged (QEMU's SVM emulation, never L2's
+# doing: a guest cannot stop its host's CPUs), and waiting longer is waste.
+started=$(date +%s) status=0 verdict=
+while kill -0 "$qemu" 2>/dev/null; do
+    sleep 5
+    now=$(date +%s)
+    beat=$(stat -c %Y "$out/.l1/heartbeat" 2>/dev/null || echo "$started")
+    if ((now - started > timeout)); then
+        verdict=timeout
+    elif ((now - beat > STALL_SECS && now - started > STALL_SECS)); then
+        verdict=stalled
+    else
+        continue
+    fi
+    monitor_dump "$out/l1-registers.txt"
+    kill -9 "$qemu" 2>/dev/null
+    break
+done
+wait "$qemu" || status=$?
 
 if [[ -f $out/skip ]]; then
     printf 'nested: skipped: %s\n' "$(cat "$out/skip")" >&2
@@ -94,9 +158,14 @@ fi
 if [[ -f $out/status ]]; then
     exit "$(cat "$out/status")"
 fi
-if ((status == 124 || status == 137)); then
-    printf 'nested: L1 ran out of time (%s s)\n' "$timeout" >&2
+if [[ $verdict == timeout ]]; then
+    printf 'nested: L1 ran out of time (%s s); its registers: %s\n' "$timeout" "$out/l1-registers.txt" >&2
     exit 124
+fi
+if [[ $verdict == stalled ]]; then
+    printf 'nested: L1 stopped making progress (no heartbeat for %s s): a platform hang; where its CPUs were:\n' "$STALL_SECS" >&2
+    grep '^RIP ' "$out/l1-registers.txt" >&2 || true
+    exit 126
 fi
 printf 'nested: L1 ended without a status (qemu %s); its console ends:\n' "$status" >&2
 tail -n 30 "$out/l1-console.log" >&2 || true

@@ -5,8 +5,8 @@
 # Usage: tests/nested/run.sh [--out DIR]    (after `make build guest`)
 #
 # Boots one outer VM (L1, tests/nested/l1.sh) and runs tests/nested/suite.sh
-# in it. When L1's own kernel dies (a platform failure of QEMU's SVM
-# emulation, never husk's: L2 runs in its own VM), the batch runs once more;
+# in it. When L1's own kernel dies or wedges (a platform failure of QEMU's
+# SVM emulation, never husk's: L2 runs in its own VM), the batch runs once more;
 # a failure of a check never does. On failure it prints the suite's output,
 # L1's console tail and every guest console it kept. Skips, with one line
 # saying why, only when this QEMU emulates no SVM.
@@ -35,9 +35,11 @@ for ((try = 1; try <= TRIES; try++)); do
     "$HERE/l1.sh" --out "$out" --smp 2 --mem 4096 --timeout 900 \
         "$HERE/suite.sh" "$husk" "$kernel" "$initrd"
     status=$?
-    ((status == 125 && try < TRIES)) || break
-    printf 'nested: L1 died (platform failure), its console ends:\n' >&2
+    ((status == 125 || status == 126)) && ((try < TRIES)) || break
+    printf 'nested: L1 died or wedged (platform failure), its console ends:\n' >&2
     tail -n 20 "$out/l1-console.log" >&2
+    cp "$out/l1-console.log" "$out/l1-console-try$try.log" 2>/dev/null
+    cp "$out/l1-registers.txt" "$out/l1-registers-try$try.txt" 2>/dev/null
     printf 'nested: running the batch again (try %s of %s)\n' "$((try + 1))" "$TRIES" >&2
 done
 
