@@ -90,8 +90,6 @@ build() {
     local tmp
     tmp=$(mktemp -d "$CACHE/.install.XXXXXX")
     cp "$work/pkg/boot/vmlinuz-$release" "$tmp/vmlinuz"
-    # Names L1's instruction pointers when it wedges (it boots with nokaslr).
-    cp "$work/pkg/boot/System.map-$release" "$tmp/System.map"
     mv "$work/initrd.gz" "$tmp/initrd.gz"
     printf 'kernel %s\nmodules %s\n' "$pkg" "$(tr '\n' ' ' <"$root/modules/order")" >"$tmp/build-info"
     rm -rf "$dest"

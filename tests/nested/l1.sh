@@ -79,13 +79,13 @@ l1=$("$HERE/build-l1.sh" | tail -n 1)
 monitor_dir=$(mktemp -d /tmp/husk-l1.XXXXXX)
 trap 'rm -rf "$monitor_dir"' EXIT
 
-# monitor_dump FILE: every L1 vCPU's registers, its instruction pointers
-# named against L1's kernel (booted without KASLR for that), and the tail
-# of its console: what a wedged L1 was doing.
+# monitor_dump FILE: every L1 vCPU's registers and its instruction pointer
+# named against the symbols L1's init saved (.l1/kallsyms): what a wedged
+# L1 was doing.
 monitor_dump() {
-    python3 - "$monitor_dir/monitor.sock" "$l1/System.map" >"$1" 2>&1 <<'PY'
+    python3 - "$monitor_dir/monitor.sock" "$out/.l1/kallsyms" >"$1" 2>&1 <<'PY'
 import bisect, re, socket, sys, time
-sock_path, system_map = sys.argv[1], sys.argv[2]
+sock_path, symbols = sys.argv[1], sys.argv[2]
 s = socket.socket(socket.AF_UNIX)
 s.connect(sock_path)
 s.settimeout(2)
@@ -102,7 +102,7 @@ while time.time() < end:
 text = out.decode(errors="replace")
 print(text)
 syms = []
-for line in open(system_map):
+for line in open(symbols):
     addr, kind, name = line.split()[:3]
     if kind in "tTwW":
         syms.append((int(addr, 16), name))
@@ -122,7 +122,7 @@ qemu-system-x86_64 \
     -monitor "unix:$monitor_dir/monitor.sock,server=on,wait=off" \
     -serial "file:$out/l1-console.log" \
     -kernel "$l1/vmlinuz" -initrd "$l1/initrd.gz" \
-    -append "console=ttyS0 rdinit=/init panic=-1 mitigations=off nokaslr husk.out=$out" \
+    -append "console=ttyS0 rdinit=/init panic=-1 mitigations=off husk.out=$out" \
     -fsdev "local,id=hostroot,path=/,security_model=passthrough,readonly=on,multidevs=remap" \
     -device virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot \
     -fsdev "local,id=out,path=$out,security_model=passthrough,multidevs=remap" \
