@@ -102,10 +102,13 @@ config silent "$W/silent.img" "$SILENT_TIMEOUT" true
 # (what each husk thread waits on, L1's last KVM exits), not a layer that
 # runs out of time. LIMIT overrides the bound for a long-lived `run`.
 husk() {
-    local st
-    timeout -k 10 "${LIMIT:-$((BOOT_TIMEOUT + 90))}" "$HUSK" --config "$W/${CONFIG:-builtin}.toml" "$@"
+    local st limit=${LIMIT:-$((BOOT_TIMEOUT + 90))} t0=$SECONDS
+    timeout -k 10 "$limit" "$HUSK" --config "$W/${CONFIG:-builtin}.toml" "$@"
     st=$?
-    ((st == 124 || st == 137)) && hang_dump "$1-$BASHPID"
+    # 137 is also a container's own status (an OOM kill): the clock decides.
+    if ((st == 124 || (st == 137 && SECONDS - t0 >= limit))); then
+        hang_dump "$1-$BASHPID"
+    fi
     return "$st"
 }
 # hang_dump NAME: every husk process and thread, where each waits (kernel
