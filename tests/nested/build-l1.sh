@@ -25,8 +25,9 @@ readonly CACHE=${HUSK_NESTED_CACHE:-/var/cache/husk/nested}
 readonly MODULES=(virtio_pci 9pnet_virtio 9p kvm_amd)
 # kmod: depmod and modprobe resolve the load order; jq: the suite edits
 # OCI specs with it (inside L1, from the host root); python3: l1.sh reads
-# L1's monitor and names the addresses of a wedged L1 or a stuck guest.
-readonly DEPS=(kmod busybox-static cpio gzip qemu-system-x86 jq python3)
+# L1's monitor and names the addresses of a wedged L1 or a stuck guest;
+# procps: the suite finds husk's processes with pgrep.
+readonly DEPS=(kmod busybox-static cpio gzip qemu-system-x86 jq python3 procps)
 
 log() { printf 'nested: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }

@@ -79,38 +79,37 @@ l1=$("$HERE/build-l1.sh" | tail -n 1)
 monitor_dir=$(mktemp -d /tmp/husk-l1.XXXXXX)
 trap 'rm -rf "$monitor_dir"' EXIT
 
-# monitor_dump FILE: every L1 vCPU's registers and its instruction pointer
-# named against the symbols L1's init saved (.l1/kallsyms): what a wedged
-# L1 was doing.
+# monitor_dump FILE: every L1 vCPU's registers, each address named
+# against the symbols L1's init saved (.l1/kallsyms): what a wedged L1 was
+# doing.
 monitor_dump() {
-    python3 - "$monitor_dir/monitor.sock" "$out/.l1/kallsyms" >"$1" 2>&1 <<'PY'
-import bisect, re, socket, sys, time
-sock_path, symbols = sys.argv[1], sys.argv[2]
+    python3 - "$monitor_dir/monitor.sock" <<'PY' 2>&1 | python3 "$HERE/where.py" "$out/.l1/kallsyms" >"$1" 2>&1
+import socket, sys, time
 s = socket.socket(socket.AF_UNIX)
-s.connect(sock_path)
-s.settimeout(2)
-s.sendall(b"info cpus\ninfo registers -a\n")
-out, end = b"", time.time() + 5
-while time.time() < end:
-    try:
-        chunk = s.recv(65536)
-    except socket.timeout:
-        break
-    if not chunk:
-        break
-    out += chunk
-text = out.decode(errors="replace")
-print(text)
-syms = []
-for line in open(symbols):
-    addr, kind, name = line.split()[:3]
-    if kind in "tTwW":
-        syms.append((int(addr, 16), name))
-syms.sort()
-addrs = [a for a, _ in syms]
-for rip in re.findall(r"RIP=([0-9a-f]{16})", text):
-    i = bisect.bisect_right(addrs, int(rip, 16)) - 1
-    print(f"RIP {rip}: {syms[i][1]}+{int(rip, 16) - syms[i][0]:#x}" if i >= 0 else f"RIP {rip}: ?")
+s.connect(sys.argv[1])
+s.settimeout(1)
+out = b""
+
+
+def until_prompt(count):
+    # HMP ends each answer with a fresh "(qemu) " prompt.
+    global out
+    end = time.time() + 10
+    while out.count(b"(qemu) ") < count and time.time() < end:
+        try:
+            chunk = s.recv(65536)
+        except socket.timeout:
+            continue
+        if not chunk:
+            break
+        out += chunk
+
+
+until_prompt(1)
+for n, command in enumerate([b"info cpus", b"info registers -a"], start=2):
+    s.sendall(command + b"\n")
+    until_prompt(n)
+print(out.decode(errors="replace"))
 PY
 }
 
@@ -164,7 +163,7 @@ if [[ $verdict == timeout ]]; then
 fi
 if [[ $verdict == stalled ]]; then
     printf 'nested: L1 stopped making progress (no heartbeat for %s s): a platform hang; where its CPUs were:\n' "$STALL_SECS" >&2
-    grep '^RIP ' "$out/l1-registers.txt" >&2 || true
+    grep -o 'RIP=[^ ]* \[[^]]*\]' "$out/l1-registers.txt" >&2 || true
     exit 126
 fi
 printf 'nested: L1 ended without a status (qemu %s); its console ends:\n' "$status" >&2

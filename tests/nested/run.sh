@@ -6,7 +6,8 @@
 #
 # Boots one outer VM (L1, tests/nested/l1.sh) and runs tests/nested/suite.sh
 # in it. When L1's own kernel dies or wedges (a platform failure of QEMU's
-# SVM emulation, never husk's: L2 runs in its own VM), the batch runs once more;
+# SVM emulation, never husk's: L2 runs in its own VM), the batch runs again
+# (at most TRIES times in all);
 # a failure of a check never does. On failure it prints the suite's output,
 # L1's console tail and every guest console it kept. Skips, with one line
 # saying why, only when this QEMU emulates no SVM.
@@ -15,7 +16,7 @@ set -uo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 readonly HERE
 readonly REPO=$HERE/../..
-readonly TRIES=2
+readonly TRIES=3
 
 out=$REPO/target/nested
 if [[ ${1:-} == --out && -n ${2:-} ]]; then
