@@ -17,7 +17,7 @@ use husk_runtime::host_process::Stat;
 use husk_runtime::store::Store;
 use husk_tests::guest::{self, GuestArtifacts};
 use husk_tests::{containers, rootfs};
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 fn artifacts() -> &'static GuestArtifacts {
     static ARTIFACTS: OnceLock<GuestArtifacts> = OnceLock::new();
@@ -580,6 +580,43 @@ fn bad_input_is_one_clear_line_and_leaves_nothing() {
         serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
     spec["hooks"] = serde_json::json!({"prestart": [{"path": "/bin/sh", "args": ["sh", "-c", "echo no network >&2; exit 1"]}]});
     std::fs::write(&config, spec.to_string()).unwrap();
+    // Network namespaces a VM cannot be given: none (--network host), a
+    // path that is not there, one of another type, one that processes
+    // already use (--network container:X: here this test's own).
+    let netns_bundle = |name: &str, path: Option<&str>| {
+        w.bundle(name, &["true"], |spec| {
+            let mut linux = spec.linux().clone().unwrap();
+            let namespaces = linux.namespaces().clone().unwrap_or_default();
+            let namespaces = namespaces
+                .into_iter()
+                .filter_map(|mut ns| {
+                    if ns.typ() != LinuxNamespaceType::Network {
+                        return Some(ns);
+                    }
+                    let path = path?;
+                    ns.set_path(Some(PathBuf::from(path)));
+                    Some(ns)
+                })
+                .collect();
+            linux.set_namespaces(Some(namespaces));
+            spec.set_linux(Some(linux));
+        })
+    };
+    let host_network = netns_bundle("hostnet", None);
+    let missing_netns = netns_bundle("nonetns", Some("/run/netns/husk-no-such-netns"));
+    let uts_netns = netns_bundle("utsnetns", Some("/proc/self/ns/uts"));
+    let mut holder = Command::new("unshare")
+        .args(["--net", "sleep", "120"])
+        .spawn()
+        .unwrap();
+    let held = format!("/proc/{}/ns/net", holder.id());
+    // unshare has switched namespaces once the link differs from ours.
+    let ours = std::fs::read_link("/proc/self/ns/net").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_link(&held).ok().as_ref() == Some(&ours) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let used_netns = netns_bundle("usednetns", Some(&held));
     let bad_hv = w.tmp.path().join("bad-hv.toml");
     std::fs::write(&bad_hv, "hypervisor = \"firecracker\"\n").unwrap();
     let no_kernel = w.tmp.path().join("no-kernel.toml");
@@ -612,6 +649,22 @@ fn bad_input_is_one_clear_line_and_leaves_nothing() {
         (
             vec!["create", "--bundle", failing_hook.to_str().unwrap(), "x4"],
             "no network",
+        ),
+        (
+            vec!["create", "--bundle", host_network.to_str().unwrap(), "n1"],
+            "--network host",
+        ),
+        (
+            vec!["create", "--bundle", missing_netns.to_str().unwrap(), "n2"],
+            "/run/netns/husk-no-such-netns",
+        ),
+        (
+            vec!["create", "--bundle", uts_netns.to_str().unwrap(), "n3"],
+            "not a network namespace",
+        ),
+        (
+            vec!["create", "--bundle", used_netns.to_str().unwrap(), "n4"],
+            "in use by process",
         ),
         (vec!["state", "nosuch"], "does not exist"),
         (vec!["start", "nosuch"], "does not exist"),
@@ -679,6 +732,8 @@ fn bad_input_is_one_clear_line_and_leaves_nothing() {
         assert!(entry["time"].is_string());
         w.assert_clean();
     }
+    let _ = holder.kill();
+    let _ = holder.wait();
 }
 
 #[test]

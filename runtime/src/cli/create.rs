@@ -1,7 +1,8 @@
 //! `create` and `run`, and the sandbox process they start.
 //!
 //! `create` starts the container's init proxy first (in a new network
-//! namespace: its pid is the container's pid for the hooks), runs the
+//! namespace, or the one the spec names by path: its pid is the container's
+//! pid for the hooks), runs the
 //! prestart and createRuntime hooks, then starts the sandbox process in
 //! that namespace, which boots the VM and creates the container. Once both
 //! report ready, it records the container as created and writes the proxy's
@@ -25,6 +26,7 @@ use crate::config::Config;
 use crate::host_process::HostProcess;
 use crate::oci::bundle::Bundle;
 use crate::oci::hooks;
+use crate::oci::netns::NetworkNamespace;
 use crate::oci::state::Status;
 use crate::sandbox::host_cgroup::HostCgroup;
 use crate::sandbox::proxy::{FORWARDED, INIT_EXEC_ID};
@@ -137,6 +139,7 @@ impl Created {
                 bail!("createContainer and startContainer hooks would run inside the VM, where their programs are not: not supported");
             }
         }
+        let netns = NetworkNamespace::from_spec(&bundle.spec)?;
         let terminal = bundle
             .spec
             .process()
@@ -170,7 +173,7 @@ impl Created {
             daemon: None,
             committed: false,
         };
-        created.start_processes(g, args, terminal)?;
+        created.start_processes(g, args, terminal, netns)?;
         Ok(created)
     }
 
@@ -179,6 +182,7 @@ impl Created {
         g: &Global,
         args: &CreateArgs,
         terminal: bool,
+        netns: NetworkNamespace,
     ) -> anyhow::Result<()> {
         // The init proxy, waiting for "go" until the container exists.
         let (go_read, go_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
@@ -195,7 +199,11 @@ impl Created {
             &proxy_args,
             Options {
                 setsid: args.console_socket.is_some() || !terminal,
-                new_netns: true,
+                new_netns: matches!(netns, NetworkNamespace::New),
+                join_netns: match netns {
+                    NetworkNamespace::New => None,
+                    NetworkNamespace::Join { fd, .. } => Some(fd),
+                },
                 go: Some(go_read),
                 // With a console socket, the pty is the process's stdio;
                 // holding on to ours would keep the caller (containerd's

@@ -4,12 +4,15 @@
 //! the host; the guest sees them through the virtio-fs share. So each is
 //! bind-mounted under `<sandbox>/shared/<id>/` on the host and its path in
 //! the spec is rewritten to the same place under [`GUEST_SHARE`]. What only
-//! makes sense on the host is taken out: hooks (husk runs them on the host)
-//! and namespace paths (host namespaces cannot be joined from a VM).
+//! makes sense on the host is taken out: hooks (husk runs them on the host),
+//! namespace paths (host namespaces cannot be joined from a VM) and the
+//! network namespace: the VM's network stack, which holds the interfaces
+//! husk mirrors from the container's host network namespace, *is* the
+//! container's network namespace, so the container stays in it.
 
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{Mount, Spec};
+use oci_spec::runtime::{LinuxNamespaceType, Mount, Spec};
 
 /// Where the agent mounts the sandbox share in the guest.
 pub const GUEST_SHARE: &str = "/run/husk/shared";
@@ -102,6 +105,7 @@ pub fn translate(spec: &Spec, id: &str, rootfs: &Path) -> Result<GuestSpec, Erro
         if let Some(namespaces) = linux.namespaces().clone() {
             let namespaces = namespaces
                 .into_iter()
+                .filter(|ns| ns.typ() != LinuxNamespaceType::Network)
                 .map(|mut ns| {
                     ns.set_path(None);
                     ns
@@ -174,11 +178,18 @@ mod tests {
                 .unwrap(),
         ));
         let mut linux = spec.linux().clone().unwrap();
-        linux.set_namespaces(Some(vec![LinuxNamespaceBuilder::default()
-            .typ(LinuxNamespaceType::Network)
-            .path("/proc/1/ns/net")
-            .build()
-            .unwrap()]));
+        linux.set_namespaces(Some(vec![
+            LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::Network)
+                .path("/proc/1/ns/net")
+                .build()
+                .unwrap(),
+            LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::Ipc)
+                .path("/proc/1/ns/ipc")
+                .build()
+                .unwrap(),
+        ]));
         spec.set_linux(Some(linux));
 
         let g = translate(&spec, "c1", Path::new("/host/rootfs")).unwrap();
@@ -200,15 +211,19 @@ mod tests {
         // proc and friends are untouched.
         assert_eq!(out[0], spec.mounts().as_ref().unwrap()[0]);
         assert!(g.spec.hooks().is_none());
-        let ns = &g
+        // The container stays in the VM's network namespace; other
+        // namespaces are new ones in the guest.
+        let namespaces = g
             .spec
             .linux()
             .as_ref()
             .unwrap()
             .namespaces()
-            .as_ref()
-            .unwrap()[0];
-        assert!(ns.path().is_none());
+            .clone()
+            .unwrap();
+        assert_eq!(namespaces.len(), 1, "{namespaces:?}");
+        assert_eq!(namespaces[0].typ(), LinuxNamespaceType::Ipc);
+        assert!(namespaces[0].path().is_none());
     }
 
     #[test]
