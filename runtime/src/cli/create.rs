@@ -212,7 +212,6 @@ impl Created {
                     .console_socket
                     .is_some()
                     .then(|| [Stdio::null(), Stdio::null(), Stdio::null()]),
-                ..Options::default()
             },
         )
         .context("starting the init proxy")?;
