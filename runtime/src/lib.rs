@@ -10,6 +10,7 @@
 //! - [`store`]: containers' records under `--root`.
 //! - [`host_process`]: host processes named by pid and start time.
 //! - [`sandbox`]: the sandbox process and the process proxies.
+//! - [`network`]: the host side of the guest's NICs and of its DNS relay.
 //! - [`cli`]: the runc-compatible command line.
 //! - [`logging`]: logs in runc's text and JSON shapes.
 
@@ -20,6 +21,7 @@ pub mod config;
 pub mod host_process;
 pub mod hypervisor;
 pub mod logging;
+pub mod network;
 pub mod oci;
 pub mod sandbox;
 pub mod sandbox_dir;

@@ -1,0 +1,183 @@
+//! The host side of the guest's network, in the container's network
+//! namespace (where the sandbox process runs).
+//!
+//! - [`scan`]: what the namespace holds (links, addresses, routes,
+//!   neighbours), by rtnetlink.
+//! - [`tap`]: one tap per link, with the link's MTU, up.
+//! - [`tc`]: the link and its tap joined both ways by tc mirred redirects.
+//! - [`agent`]: the scan as the agent's protocol messages.
+//! - [`resolv`] and [`dns`]: the host half of the DNS relay, for loopback
+//!   nameservers (Docker's 127.0.0.11) that only this namespace can reach.
+//! - [`netlink`]: the small rtnetlink client under all of it.
+//!
+//! [`HostNetwork::wire`] does the scan, the taps and the tc setup before
+//! the VM boots; [`HostNetwork::teardown`] (or dropping it) removes the tc
+//! setup again. The taps go with their last fd.
+
+pub mod agent;
+pub mod dns;
+pub mod netlink;
+pub mod resolv;
+pub mod scan;
+pub mod tap;
+pub mod tc;
+
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod testutil;
+
+use std::sync::Arc;
+
+use husk_vmm::devices::net::{NetConfig, Tap};
+
+use netlink::Netlink;
+use scan::{Link, Scan};
+
+/// Errors wiring the namespace's links to the guest.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading the namespace failed.
+    #[error("reading the network namespace: {0}")]
+    Scan(#[source] netlink::Error),
+    /// A link's MTU is more than a virtio-net device carries.
+    #[error("link {link}: MTU {mtu} is more than a guest NIC can have (65535)")]
+    Mtu {
+        /// The link's name.
+        link: String,
+        /// Its MTU.
+        mtu: u32,
+    },
+    /// Its tap could not be made.
+    #[error("the tap for link {link}: {source}")]
+    Tap {
+        /// The link's name.
+        link: String,
+        /// Why.
+        source: tap::Error,
+    },
+    /// The tc redirects could not be set up.
+    #[error("joining link {link} and {tap} by tc: {source}")]
+    Tc {
+        /// The link's name.
+        link: String,
+        /// The tap's name.
+        tap: String,
+        /// Why.
+        source: netlink::Error,
+    },
+    /// The netlink socket.
+    #[error(transparent)]
+    Netlink(#[from] netlink::Error),
+}
+
+/// One guest NIC's host side: a link of the namespace and its tap.
+#[derive(Debug)]
+pub struct Nic {
+    /// The link, as scanned.
+    pub link: Link,
+    /// Its tap.
+    pub tap: tap::GuestTap,
+}
+
+impl Nic {
+    /// The device configuration of the guest NIC: the link's MAC and MTU.
+    pub fn config(&self) -> NetConfig {
+        NetConfig {
+            mac: self.link.mac,
+            // Checked by `wire`.
+            mtu: u16::try_from(self.link.mtu).unwrap_or(u16::MAX),
+        }
+    }
+
+    /// The tap, for the VM's net device.
+    pub fn tap(&self) -> Arc<Tap> {
+        Arc::clone(&self.tap.tap)
+    }
+}
+
+/// The namespace's links wired to taps for the guest. Dropping it removes
+/// the tc setup (as [`HostNetwork::teardown`] does).
+#[derive(Debug)]
+pub struct HostNetwork {
+    scan: Scan,
+    nics: Vec<Nic>,
+}
+
+impl HostNetwork {
+    /// Scans the calling thread's network namespace and wires each link it
+    /// finds to a new tap. On failure nothing of it is left.
+    pub fn wire() -> Result<Self, Error> {
+        let mut nl = Netlink::open()?;
+        let scan = scan::scan(&mut nl).map_err(Error::Scan)?;
+        if let Some(link) = scan.links.iter().find(|l| u16::try_from(l.mtu).is_err()) {
+            return Err(Error::Mtu {
+                link: link.name.clone(),
+                mtu: link.mtu,
+            });
+        }
+        let mut wired = Self {
+            scan: Scan::default(),
+            nics: Vec::new(),
+        };
+        for link in &scan.links {
+            // On an error `wired` is dropped, which undoes the links
+            // joined so far.
+            let tap = tap::create(&mut nl, link.mtu).map_err(|source| Error::Tap {
+                link: link.name.clone(),
+                source,
+            })?;
+            tc::join(&mut nl, link.index, tap.index).map_err(|source| Error::Tc {
+                link: link.name.clone(),
+                tap: tap.name.clone(),
+                source,
+            })?;
+            wired.nics.push(Nic {
+                link: link.clone(),
+                tap,
+            });
+        }
+        wired.scan = scan;
+        Ok(wired)
+    }
+
+    /// What the namespace held.
+    pub fn scan(&self) -> &Scan {
+        &self.scan
+    }
+
+    /// The NICs, one per link of the scan, in its order.
+    pub fn nics(&self) -> &[Nic] {
+        &self.nics
+    }
+
+    /// Removes the tc setup from the links (the namespace's own stack sees
+    /// their frames again). The taps go once the VM has closed them.
+    pub fn teardown(mut self) {
+        self.unwire();
+    }
+
+    fn unwire(&mut self) {
+        if self.nics.is_empty() {
+            return;
+        }
+        let mut nl = match Netlink::open() {
+            Ok(nl) => nl,
+            Err(e) => {
+                tracing::warn!("removing the tc setup: {e}");
+                return;
+            }
+        };
+        for nic in self.nics.drain(..) {
+            if let Err(e) = tc::remove_ingress(&mut nl, nic.link.index) {
+                tracing::warn!(link = nic.link.name, "removing the tc setup: {e}");
+            }
+        }
+    }
+}
+
+impl Drop for HostNetwork {
+    fn drop(&mut self) {
+        self.unwire();
+    }
+}
