@@ -14,12 +14,16 @@ readonly PACKAGES=(
     crun runc
     # Docker end-to-end test (tests/tests/docker_e2e.rs runs its own daemons)
     docker.io containerd
+    # Podman network test (runtime/tests/docker_network.rs): Debian's podman
+    # and the network backend its containers-common recommends (netavark,
+    # aardvark-dns for names; the alternative is the older CNI plugins)
+    podman netavark aardvark-dns
     # the microVM under TCG (and the builtin VMM's benchmark peer)
     qemu-system-x86
     # guest image packing
     cpio file
-    # benchmarks
-    hyperfine
+    # benchmarks (iperf3: make bench-net's TCP throughput)
+    hyperfine iperf3
 )
 
 missing=()

@@ -3,7 +3,10 @@
 //! one temporary directory, never the system's daemons.
 //!
 //! [`DockerDaemon::start`] registers the runtimes under test in the daemon's
-//! `daemon.json`; [`DockerDaemon::docker`] runs the Docker CLI against it
+//! `daemon.json` and runs the daemons without networking (`--bridge=none`,
+//! no iptables); [`DockerDaemon::start_networked`] runs them inside a network
+//! namespace of the test's own ([`crate::netns`]) with Docker's bridge,
+//! NAT and port publishing on, so none of it reaches the machine's network; [`DockerDaemon::docker`] runs the Docker CLI against it
 //! with a deadline; [`DockerDaemon::shutdown`] (or dropping it, also on a
 //! failed test) removes every container, stops both daemons by PID, reports
 //! what was left behind, and then removes that too.
@@ -28,6 +31,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use sha2::{Digest, Sha256};
 
+use crate::netns::{self, NetNs};
 use crate::rootfs;
 
 /// The Docker CLI of Debian's docker.io (not whatever else is on PATH).
@@ -94,12 +98,18 @@ pub struct Leftovers {
     /// Runtime state directories, shim sockets and container cgroups of
     /// removed containers, and anything teardown could not remove.
     pub paths: Vec<PathBuf>,
+    /// Network state: husk taps (`husktap*`), tc qdiscs and filters,
+    /// network namespaces of containers or of the test.
+    pub network: Vec<String>,
 }
 
 impl Leftovers {
     /// True when nothing was left.
     pub fn is_empty(&self) -> bool {
-        self.processes.is_empty() && self.mounts.is_empty() && self.paths.is_empty()
+        self.processes.is_empty()
+            && self.mounts.is_empty()
+            && self.paths.is_empty()
+            && self.network.is_empty()
     }
 }
 
@@ -113,6 +123,9 @@ impl fmt::Display for Leftovers {
         }
         for p in &self.paths {
             writeln!(f, "path {}", p.display())?;
+        }
+        for n in &self.network {
+            writeln!(f, "network {n}")?;
         }
         Ok(())
     }
@@ -130,6 +143,8 @@ pub struct DockerDaemon {
     /// The registered runtimes' own state directories.
     state_dirs: Vec<PathBuf>,
     cidfiles: AtomicUsize,
+    /// The namespace the daemons run in, when networked: deleted last.
+    netns: Option<NetNs>,
     torn_down: bool,
     _serial: MutexGuard<'static, ()>,
 }
@@ -139,6 +154,20 @@ impl DockerDaemon {
     /// `runtimes` registered besides the built-in `runc`. Fails with the
     /// daemons' log tails if either does not come up.
     pub fn start(runtimes: &[Runtime]) -> Result<Self> {
+        Self::start_with(runtimes, false)
+    }
+
+    /// [`DockerDaemon::start`], but both daemons run in a fresh network
+    /// namespace ([`DockerDaemon::netns`]) with Docker's default bridge
+    /// (`docker0`), iptables NAT and `-p` publishing on inside it. Clients
+    /// of published ports and servers for containers run there too
+    /// ([`NetNs::command`]). Teardown also reports husk taps, tc filters and
+    /// namespaces left, then deletes the namespace.
+    pub fn start_networked(runtimes: &[Runtime]) -> Result<Self> {
+        Self::start_with(runtimes, true)
+    }
+
+    fn start_with(runtimes: &[Runtime], networked: bool) -> Result<Self> {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         ensure_installed()?;
         let root = tempfile::Builder::new()
@@ -171,11 +200,15 @@ impl DockerDaemon {
                 .flat_map(|r| r.state_dirs.iter().cloned())
                 .collect(),
             cidfiles: AtomicUsize::new(0),
+            netns: None,
             torn_down: false,
             _serial: serial,
         };
         // From here on, an error drops `daemon`, which tears down what started.
         std::fs::create_dir(daemon.cidfile_dir())?;
+        if networked {
+            daemon.netns = Some(NetNs::create().context("creating the test's network namespace")?);
+        }
         daemon.start_containerd()?;
         daemon.start_dockerd(runtimes)?;
         Ok(daemon)
@@ -184,6 +217,11 @@ impl DockerDaemon {
     /// The daemons' private directory.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The network namespace the daemons run in ([`DockerDaemon::start_networked`]).
+    pub fn netns(&self) -> Option<&NetNs> {
+        self.netns.as_ref()
     }
 
     /// The Docker CLI, pointed at this daemon, stdin from /dev/null.
@@ -337,7 +375,7 @@ impl DockerDaemon {
         std::fs::write(&config, text)?;
         let mut cmd = Command::new(CONTAINERD);
         cmd.arg("--config").arg(&config);
-        let child = spawn_daemon(cmd, root, &root.join("containerd.log"))?;
+        let child = self.spawn_daemon(cmd, &root.join("containerd.log"))?;
         self.containerd = Some(child);
         let socket = self.containerd_socket();
         self.wait_ready("containerd", |_| UnixStream::connect(&socket).is_ok())
@@ -361,14 +399,20 @@ impl DockerDaemon {
             .arg(format!("unix://{}", self.docker_socket().display()))
             .arg("--containerd")
             .arg(self.containerd_socket())
-            .args(["--storage-driver", driver])
+            .args(["--storage-driver", driver]);
+        if self.netns.is_none() {
             // No docker0 bridge, NAT rules or userland proxies on the host:
             // containers get their own network namespace with `lo` only.
-            .args(["--bridge=none", "--iptables=false", "--ip6tables=false"])
-            .args(["--exec-opt", "native.cgroupdriver=cgroupfs"])
+            cmd.args(["--bridge=none", "--iptables=false", "--ip6tables=false"]);
+        } else {
+            // In the test's namespace: Docker's own bridge and IPv4 NAT
+            // (its IPv6 NAT is experimental in 20.10, left off).
+            cmd.args(["--iptables=true", "--ip6tables=false"]);
+        }
+        cmd.args(["--exec-opt", "native.cgroupdriver=cgroupfs"])
             .args(["--cgroup-parent", &self.cgroup_parent])
             .args(["--shutdown-timeout", &SHUTDOWN_TIMEOUT_SECS.to_string()]);
-        let child = spawn_daemon(cmd, root, &root.join("dockerd.log"))?;
+        let child = self.spawn_daemon(cmd, &root.join("dockerd.log"))?;
         self.dockerd = Some(child);
         self.wait_ready("dockerd", |d| {
             let out = timed::output(
@@ -378,6 +422,14 @@ impl DockerDaemon {
             );
             matches!(out, Ok(Ok(out)) if out.status.success())
         })
+    }
+
+    /// [`spawn_daemon`], inside the test's namespace when there is one.
+    fn spawn_daemon(&self, mut cmd: Command, log: &Path) -> Result<Child> {
+        if let Some(ns) = &self.netns {
+            ns.enter(&mut cmd)?;
+        }
+        spawn_daemon(cmd, &self.root, log)
     }
 
     /// Polls `ready` until it holds; fails with the log tails if the
@@ -419,6 +471,14 @@ impl DockerDaemon {
         self.remove_all_containers();
         stop(self.dockerd.take(), "dockerd");
         stop(self.containerd.take(), "containerd");
+        // libnetwork bind-mounts dockerd's own namespace (the test's) there
+        // for `--network host` and leaves it at exit: dockerd's, not a
+        // container's.
+        let default_ns = self.root.join("exec/netns/default");
+        if self.netns.is_some() && default_ns.exists() {
+            let _ = nix::mount::umount2(&default_ns, nix::mount::MntFlags::MNT_DETACH);
+            let _ = std::fs::remove_file(&default_ns);
+        }
 
         let mut markers = vec![
             self.root.to_string_lossy().into_owned(),
@@ -426,11 +486,71 @@ impl DockerDaemon {
         ];
         markers.extend(ids.iter().cloned());
         let mut found = self.find_leftovers(&ids, &markers);
+        found.network = self.network_leftovers(&found.processes);
         // Leftovers are reported, then removed all the same.
         for path in self.clean(&found) {
             if !found.paths.contains(&path) {
                 found.paths.push(path);
             }
+        }
+        if let Some(ns) = self.netns.take() {
+            let name = ns.name().to_owned();
+            if let Err(e) = ns.delete() {
+                found
+                    .network
+                    .push(format!("namespace {name} not deleted: {e:#}"));
+            }
+        }
+        found
+    }
+
+    /// husk taps and tc state in the test's namespace, in the namespaces
+    /// of leftover `processes` and Docker's container namespaces (files
+    /// under `<exec-root>/netns`, which must be gone by now), and husk taps
+    /// in this machine's namespace (read from /sys, nothing touched).
+    fn network_leftovers(&self, processes: &[leftovers::Process]) -> Vec<String> {
+        let mut found = Vec::new();
+        let describe = |ns: &Path, what: &str| -> Vec<String> {
+            let mut found = match netns::husk_taps_in(ns) {
+                Ok(taps) => taps
+                    .into_iter()
+                    .map(|t| format!("tap {t} in {what}"))
+                    .collect(),
+                Err(e) => vec![format!("cannot list the links of {what}: {e:#}")],
+            };
+            if let Ok(tc) = netns::tc_state_in(ns) {
+                found.extend(tc.into_iter().map(|t| format!("tc in {what}: {t}")));
+            }
+            found
+        };
+        if let Some(ns) = &self.netns {
+            found.extend(describe(
+                &ns.path(),
+                &format!("the test namespace {}", ns.name()),
+            ));
+        }
+        for p in processes {
+            let ns = PathBuf::from(format!("/proc/{}/ns/net", p.pid));
+            found.extend(describe(
+                &ns,
+                &format!("the namespace of leftover pid {}", p.pid),
+            ));
+        }
+        if let Ok(entries) = std::fs::read_dir(self.root.join("exec/netns")) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                found.extend(describe(&path, &path.display().to_string()));
+                found.push(format!("container namespace {}", path.display()));
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir("/sys/class/net") {
+            found.extend(
+                entries
+                    .flatten()
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter(|n| n.starts_with("husktap"))
+                    .map(|n| format!("tap {n} in this machine's own namespace")),
+            );
         }
         found
     }
@@ -487,6 +607,7 @@ impl DockerDaemon {
             processes,
             mounts: leftovers::mounts(&self.root, markers),
             paths,
+            network: Vec::new(),
         }
     }
 
