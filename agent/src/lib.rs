@@ -2,14 +2,18 @@
 //!
 //! It mounts the guest's base file systems ([`init`]), reaps every child
 //! ([`reaper`]), and serves the agent API ([`service`]) over ttrpc, creating
-//! OCI containers with youki's libcontainer ([`engine`]).
+//! OCI containers with youki's libcontainer ([`engine`]). It configures the
+//! guest's network from the host's description ([`network`]) and relays DNS
+//! queries for loopback nameservers to the host ([`dns_relay`]).
 
 pub mod cgroups;
+pub mod dns_relay;
 pub mod engine;
 pub mod error;
 pub mod guest;
 pub mod init;
 pub mod listen;
+pub mod network;
 pub mod process;
 pub mod reaper;
 pub mod sandbox;

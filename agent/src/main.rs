@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
+use husk_agent::dns_relay::HostAddr;
 use husk_agent::init;
 use husk_agent::listen::ListenAddr;
 use husk_agent::reaper::Reaper;
@@ -11,12 +12,13 @@ use husk_agent::sandbox::Sandbox;
 use husk_agent::service::Service;
 use husk_protocol::agent_ttrpc::create_agent_service;
 
-const USAGE: &str = "usage: husk-agent [--listen vsock:PORT|unix:PATH] [--state-dir DIR] [--resolv-conf PATH] [--log-level LEVEL]";
+const USAGE: &str = "usage: husk-agent [--listen vsock:PORT|unix:PATH] [--state-dir DIR] [--resolv-conf PATH] [--dns-relay-host vsock:CID:PORT|unix:PATH|tcp:IP:PORT] [--log-level LEVEL]";
 
 struct Options {
     listen: ListenAddr,
     state_dir: PathBuf,
     resolv_conf: PathBuf,
+    dns_relay_host: HostAddr,
     log_level: String,
 }
 
@@ -25,6 +27,7 @@ fn parse_args() -> anyhow::Result<Options> {
         listen: ListenAddr::Vsock(husk_protocol::AGENT_VSOCK_PORT),
         state_dir: PathBuf::from("/run/husk-agent"),
         resolv_conf: PathBuf::from("/etc/resolv.conf"),
+        dns_relay_host: HostAddr::default(),
         log_level: "info".into(),
     };
     let mut args = std::env::args().skip(1);
@@ -37,6 +40,9 @@ fn parse_args() -> anyhow::Result<Options> {
             "--listen" => options.listen = value()?.parse().map_err(anyhow::Error::msg)?,
             "--state-dir" => options.state_dir = value()?.into(),
             "--resolv-conf" => options.resolv_conf = value()?.into(),
+            "--dns-relay-host" => {
+                options.dns_relay_host = value()?.parse().map_err(anyhow::Error::msg)?
+            }
             "--log-level" => options.log_level = value()?,
             "--version" => {
                 println!("husk-agent {}", env!("CARGO_PKG_VERSION"));
@@ -77,6 +83,12 @@ fn run() -> anyhow::Result<()> {
 
     if init::is_init() {
         init::setup_base_system().context("setting up the guest")?;
+        // Only as PID 1: in host tests the agent shares a namespace that is
+        // not its own to configure.
+        if let Err(err) = husk_agent::network::loopback_up() {
+            // Containers without loopback are degraded, not impossible.
+            tracing::warn!(%err, "bringing lo up");
+        }
     } else {
         // Outside a VM, orphans of our containers must still come to us.
         nix::sys::prctl::set_child_subreaper(true).context("becoming a subreaper")?;
@@ -96,7 +108,8 @@ async fn serve(options: Options) -> anyhow::Result<()> {
 
     let sandbox = Arc::new(Sandbox::new(&options.state_dir, reaper).context("preparing state")?);
     let service: Arc<dyn husk_protocol::agent_ttrpc::AgentService + Send + Sync> = Arc::new(
-        Service::new(Arc::clone(&sandbox), options.resolv_conf.clone()),
+        Service::new(Arc::clone(&sandbox), options.resolv_conf.clone())
+            .with_dns_connector(Arc::new(options.dns_relay_host.clone())),
     );
 
     if let ListenAddr::Unix(path) = &options.listen {

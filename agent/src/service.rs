@@ -12,9 +12,11 @@ use husk_protocol::agent_ttrpc::AgentService;
 use husk_protocol::MAX_READ_CHUNK;
 use ttrpc::r#async::TtrpcContext;
 
+use crate::dns_relay::{self, Connector, DnsRelay, HostAddr};
 use crate::error::AgentError;
 use crate::guest;
 use crate::init;
+use crate::network;
 use crate::sandbox::Sandbox;
 
 type TtrpcResult<T> = ttrpc::Result<T>;
@@ -24,16 +26,57 @@ pub struct Service {
     sandbox: Arc<Sandbox>,
     /// Where CreateSandbox writes nameservers.
     resolv_conf: PathBuf,
+    /// How the DNS relay reaches the host.
+    dns_connector: Arc<dyn Connector>,
+    /// The running DNS relay, from CreateSandbox to DestroySandbox (an
+    /// async lock: stopping it waits for its sockets to close).
+    dns_relay: tokio::sync::Mutex<Option<DnsRelay>>,
 }
 
 impl Service {
-    /// Serves `sandbox`; DNS settings go to `resolv_conf`.
+    /// Serves `sandbox`; DNS settings go to `resolv_conf`; the DNS relay
+    /// reaches the host on vsock CID 2, port 1025.
     pub fn new(sandbox: Arc<Sandbox>, resolv_conf: PathBuf) -> Self {
         Self {
             sandbox,
             resolv_conf,
+            dns_connector: Arc::new(HostAddr::default()),
+            dns_relay: tokio::sync::Mutex::new(None),
         }
     }
+
+    /// Relays DNS queries through `connector` instead (host tests).
+    pub fn with_dns_connector(mut self, connector: Arc<dyn Connector>) -> Self {
+        self.dns_connector = connector;
+        self
+    }
+
+    /// (Re)starts the DNS relay for `addresses` (none: stops it).
+    async fn start_dns_relay(&self, addresses: &[String]) -> Result<(), AgentError> {
+        let addresses = dns_relay::parse_addresses(addresses)?;
+        let mut relay = self.dns_relay.lock().await;
+        // The old listeners must be gone before the same ports are bound.
+        if let Some(old) = relay.take() {
+            old.stop().await;
+        }
+        if !addresses.is_empty() {
+            *relay = Some(DnsRelay::start(
+                &addresses,
+                dns_relay::DNS_PORT,
+                Arc::clone(&self.dns_connector),
+            )?);
+        }
+        Ok(())
+    }
+}
+
+/// Runs a blocking network call off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, AgentError> + Send + 'static,
+) -> Result<T, AgentError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| AgentError::Engine(format!("network task failed: {e}")))?
 }
 
 /// Which output stream of a process a read is for.
@@ -88,15 +131,17 @@ impl AgentService for Service {
         _ctx: &TtrpcContext,
         req: CreateSandboxRequest,
     ) -> TtrpcResult<Empty> {
-        let result = (|| {
+        let result = async {
             if !req.hostname.is_empty() {
                 guest::set_hostname(&req.hostname)?;
             }
             if !req.dns.is_empty() {
                 guest::set_dns(&self.resolv_conf, &req.dns)?;
             }
-            self.sandbox.mount_storages(&req.storages)
-        })();
+            self.sandbox.mount_storages(&req.storages)?;
+            self.start_dns_relay(&req.dns_relay).await
+        }
+        .await;
         reply("CreateSandbox", result).map(|_| Empty::new())
     }
 
@@ -105,6 +150,9 @@ impl AgentService for Service {
         _ctx: &TtrpcContext,
         req: DestroySandboxRequest,
     ) -> TtrpcResult<Empty> {
+        if let Some(relay) = self.dns_relay.lock().await.take() {
+            relay.stop().await;
+        }
         self.sandbox.destroy(timeout(req.timeout_secs)).await;
         // Power off once the reply is on its way.
         tokio::spawn(async {
@@ -331,6 +379,42 @@ impl AgentService for Service {
                 .resize(rows, cols)
         })();
         reply("TtyWinResize", result).map(|_| Empty::new())
+    }
+
+    async fn update_interface(
+        &self,
+        _ctx: &TtrpcContext,
+        req: UpdateInterfaceRequest,
+    ) -> TtrpcResult<Interface> {
+        let iface = req.interface.into_option().unwrap_or_default();
+        reply(
+            "UpdateInterface",
+            blocking(move || network::update_interface(&iface)).await,
+        )
+    }
+
+    async fn update_routes(
+        &self,
+        _ctx: &TtrpcContext,
+        req: UpdateRoutesRequest,
+    ) -> TtrpcResult<Empty> {
+        reply(
+            "UpdateRoutes",
+            blocking(move || network::update_routes(&req.routes)).await,
+        )
+        .map(|_| Empty::new())
+    }
+
+    async fn add_arp_neighbors(
+        &self,
+        _ctx: &TtrpcContext,
+        req: AddArpNeighborsRequest,
+    ) -> TtrpcResult<Empty> {
+        reply(
+            "AddArpNeighbors",
+            blocking(move || network::add_neighbors(&req.neighbors)).await,
+        )
+        .map(|_| Empty::new())
     }
 
     async fn get_oom_event(

@@ -46,11 +46,24 @@ pub struct Agent {
 
 impl Agent {
     pub fn start() -> Agent {
+        Agent::start_with(false, &[])
+    }
+
+    /// Like [`Agent::start`], in a network namespace of its own as well
+    /// (only a down `lo` in it), with more agent arguments.
+    pub fn start_in_netns(args: &[&str]) -> Agent {
+        Agent::start_with(true, args)
+    }
+
+    fn start_with(netns: bool, args: &[&str]) -> Agent {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("agent.sock");
         let child = Command::new("unshare")
-            .args(["--mount", "--uts", "--propagation", "private", "--"])
+            .args(["--mount", "--uts", "--propagation", "private"])
+            .args(netns.then_some("--net"))
+            .arg("--")
             .arg(env!("CARGO_BIN_EXE_husk-agent"))
+            .args(args)
             .arg("--listen")
             .arg(format!("unix:{}", socket.display()))
             .arg("--state-dir")
