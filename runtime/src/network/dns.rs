@@ -96,8 +96,8 @@ impl DnsRelay {
 
 impl Drop for DnsRelay {
     fn drop(&mut self) {
-        // Aborting the listener drops its connections' semaphore holder;
-        // the connection tasks end at their next deadline at the latest.
+        // The listener task owns the connections' JoinSet: aborting it
+        // aborts every connection too.
         self.task.abort();
         let _ = std::fs::remove_file(&self.socket);
     }

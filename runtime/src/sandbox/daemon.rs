@@ -3,11 +3,15 @@
 //! `delete` asks it to end (SIGTERM), when it takes everything down again.
 //!
 //! It runs in the network namespace of the container's init proxy, which
-//! `create` made new, so whatever the OCI prestart and createRuntime hooks
-//! set up there (Docker's libnetwork does) is in place when the VM starts,
-//! and nothing they do touches the host's own namespace.
+//! `create` made new (or joined), so whatever the OCI prestart and
+//! createRuntime hooks set up there (Docker's libnetwork does) is in place
+//! when the VM starts, and nothing they do touches the host's own
+//! namespace. Before the VM boots it wires each of that namespace's links
+//! to a tap for a guest NIC ([`crate::network`]); once the agent answers it
+//! gives the guest the links' addresses, routes and neighbours, and relays
+//! the guest's queries to loopback nameservers (Docker's 127.0.0.11).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use husk_protocol::agent::*;
@@ -20,7 +24,9 @@ use super::spawn::Reporter;
 use crate::agent_client::{agent_message, ctx};
 use crate::config::Config;
 use crate::hypervisor::FS_TAG;
-use crate::hypervisor::{self, VmSpec};
+use crate::hypervisor::{self, NicSpec, VmSpec};
+use crate::network::dns::DnsRelay;
+use crate::network::{self, HostNetwork};
 use crate::oci::bundle::Bundle;
 use crate::oci::guest_spec::{self, GUEST_SHARE};
 use crate::sandbox_dir::SandboxDir;
@@ -71,10 +77,15 @@ pub fn run(store: &Store, id: &str, config: &Config, mut reporter: Reporter) -> 
     })
 }
 
-/// A running sandbox: the VM with its agent, and the share's binds.
+/// A running sandbox: the VM with its agent, the share's binds, the host
+/// side of its network and the DNS relay.
 struct Sandbox {
     vm: SandboxVm,
     share: Share,
+    network: HostNetwork,
+    /// Loopback nameservers the guest's queries are relayed to.
+    dns_relay: Vec<std::net::IpAddr>,
+    dns: Option<DnsRelay>,
 }
 
 impl Sandbox {
@@ -108,6 +119,18 @@ impl Sandbox {
                 .split_whitespace()
                 .map(str::to_owned),
         );
+        // Dropping `network` on any failure below removes the tc setup.
+        let network = wire_network().await?;
+        let dns_relay = network::resolv::relay_nameservers(&bundle);
+        tracing::info!(
+            stage = "network",
+            container = id,
+            nics = network.nics().len(),
+            routes = network.scan().routes.len(),
+            neighbours = network.scan().neighbours.len(),
+            dns_relay = dns_relay.len(),
+            "network wired"
+        );
         let spec = VmSpec {
             vcpus: size.vcpus,
             memory_mib: size.memory_mib,
@@ -115,12 +138,37 @@ impl Sandbox {
             initrd: config.guest.image.clone(),
             kernel_args,
             sandbox: dir,
+            nics: network
+                .nics()
+                .iter()
+                .map(|nic| NicSpec {
+                    tap: nic.tap(),
+                    config: nic.config(),
+                })
+                .collect(),
         };
         let hv = hypervisor::new_hypervisor(backend, &config.qemu.path, &host);
         let timeout = Duration::from_secs(config.guest.boot_timeout_secs.into());
         let vm = SandboxVm::boot(hv, spec, timeout)
             .await
             .map_err(|e| e.to_string())?;
+        // The sandbox directory exists only now; the guest can ask no
+        // query before CreateSandbox hands it the nameservers.
+        let dns = if dns_relay.is_empty() {
+            None
+        } else {
+            let socket = dns_relay_socket(vm.dir().path());
+            match DnsRelay::start(&socket, dns_relay.clone()) {
+                Ok(relay) => Some(relay),
+                Err(e) => {
+                    let _ = vm.shutdown(Duration::ZERO).await;
+                    return Err(format!(
+                        "the DNS relay cannot listen on {}: {e}",
+                        socket.display()
+                    ));
+                }
+            }
+        };
         let share = match Share::mount(&vm.dir().shared_dir(), &guest.binds) {
             Ok(share) => share,
             Err(e) => {
@@ -128,7 +176,13 @@ impl Sandbox {
                 return Err(e.to_string());
             }
         };
-        let sandbox = Self { vm, share };
+        let sandbox = Self {
+            vm,
+            share,
+            network,
+            dns_relay,
+            dns,
+        };
         if let Err(message) = sandbox.create_container(id, &bundle, &guest).await {
             sandbox.down(id).await;
             return Err(message);
@@ -148,6 +202,7 @@ impl Sandbox {
         guest: &guest_spec::GuestSpec,
     ) -> Result<(), String> {
         let agent: &AgentServiceClient = self.vm.agent();
+        self.configure_network().await?;
         let storage = Storage {
             driver: "virtiofs".into(),
             source: FS_TAG.into(),
@@ -161,6 +216,7 @@ impl Sandbox {
                     hostname: bundle.spec.hostname().clone().unwrap_or_default(),
                     storages: vec![storage],
                     sandbox_id: id.into(),
+                    dns_relay: self.dns_relay.iter().map(ToString::to_string).collect(),
                     ..Default::default()
                 },
             )
@@ -180,6 +236,60 @@ impl Sandbox {
             )
             .await
             .map_err(|e| format!("creating the container in the guest: {}", agent_message(&e)))?;
+        Ok(())
+    }
+
+    /// Gives the guest's NICs their links' names, addresses and MTUs, then
+    /// the routes through them, then the permanent neighbours.
+    async fn configure_network(&self) -> Result<(), String> {
+        let agent: &AgentServiceClient = self.vm.agent();
+        for nic in self.network.nics() {
+            agent
+                .update_interface(
+                    ctx(),
+                    &UpdateInterfaceRequest {
+                        interface: Some(network::agent::interface(&nic.link)).into(),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(|e| {
+                    format!(
+                        "configuring the guest's {}: {}",
+                        nic.link.name,
+                        agent_message(&e)
+                    )
+                })?;
+        }
+        let scan = self.network.scan();
+        if !scan.routes.is_empty() {
+            agent
+                .update_routes(
+                    ctx(),
+                    &UpdateRoutesRequest {
+                        routes: scan.routes.iter().map(network::agent::route).collect(),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(|e| format!("adding the guest's routes: {}", agent_message(&e)))?;
+        }
+        if !scan.neighbours.is_empty() {
+            agent
+                .add_arp_neighbors(
+                    ctx(),
+                    &AddArpNeighborsRequest {
+                        neighbors: scan
+                            .neighbours
+                            .iter()
+                            .map(network::agent::neighbor)
+                            .collect(),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(|e| format!("adding the guest's neighbours: {}", agent_message(&e)))?;
+        }
         Ok(())
     }
 
@@ -213,12 +323,34 @@ impl Sandbox {
             // Never let the directory's removal reach into a host path.
             tracing::error!(container = id, dir = %dir.display(), "binds still mounted; keeping the sandbox directory");
             std::mem::forget(self.vm);
+            drop(self.dns);
+            self.network.teardown();
             return;
         }
         if let Err(e) = self.vm.shutdown(SHUTDOWN_GRACE).await {
             tracing::warn!(container = id, "stopping the VM: {e}");
         }
+        drop(self.dns);
+        // The taps closed with the VM; the links get their frames back.
+        self.network.teardown();
     }
+}
+
+/// Wires the namespace's links to taps (blocking netlink calls, off the
+/// async threads: every thread of this process is in the namespace).
+async fn wire_network() -> Result<HostNetwork, String> {
+    tokio::task::spawn_blocking(HostNetwork::wire)
+        .await
+        .map_err(|e| format!("wiring the container's network: {e}"))?
+        .map_err(|e| format!("wiring the container's network: {e}"))
+}
+
+/// Where the guest's connections to the DNS relay's vsock port arrive:
+/// `<sandbox>/vsock.sock_<port>`.
+fn dns_relay_socket(dir: &Path) -> PathBuf {
+    let mut path = crate::sandbox_dir::vsock_socket_in(dir).into_os_string();
+    path.push(format!("_{}", husk_protocol::DNS_RELAY_VSOCK_PORT));
+    PathBuf::from(path)
 }
 
 /// The [`SandboxDir`] at `path` (`<parent>/<name>`).
