@@ -103,6 +103,11 @@ impl SandboxDir {
         self.path.join("vhost-fs.sock")
     }
 
+    /// The vhost-user socket of the `index`th guest NIC's virtio-net backend.
+    pub fn vhost_net_socket(&self, index: usize) -> PathBuf {
+        self.path.join(format!("vhost-net-{index}.sock"))
+    }
+
     /// The directory shared with the guest over virtio-fs.
     pub fn shared_dir(&self) -> PathBuf {
         self.path.join("shared")

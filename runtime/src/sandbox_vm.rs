@@ -243,6 +243,7 @@ mod tests {
             initrd,
             kernel_args: vec![],
             sandbox: SandboxDir::new(root, name).unwrap(),
+            nics: vec![],
         };
         (spec, Box::new(Qemu::with_program(fake, Accel::Tcg)))
     }

@@ -37,6 +37,7 @@ fn spec(root: &Path, kernel: &Path) -> VmSpec {
         initrd,
         kernel_args: vec![],
         sandbox,
+        nics: vec![],
     }
 }
 

@@ -1,8 +1,8 @@
 //! The builtin backend: husk's own VMM ([`husk_vmm::machine::Vm`]) in the
-//! calling process, one thread per vCPU, with the vsock and virtio-fs
-//! devices on virtio-mmio (each served from its own thread once the guest
-//! driver activates it) and the serial console written to the sandbox's
-//! console log.
+//! calling process, one thread per vCPU, with the vsock, virtio-fs and
+//! virtio-net (one per NIC) devices on virtio-mmio (each served from its
+//! own thread once the guest driver activates it) and the serial console
+//! written to the sandbox's console log.
 //!
 //! Everything that can be wrong with the input (kernel and initrd files,
 //! vCPU count, memory for kernel and initrd) is refused by
@@ -13,8 +13,10 @@ use std::fs::File;
 use std::time::Duration;
 
 use husk_vmm::devices::fs::{FsConfig, FsDevice, FsMmioDevice};
+use husk_vmm::devices::net::NetMmioDevice;
 use husk_vmm::devices::vsock::VsockMmioDevice;
 use husk_vmm::machine::{ExitReason, Vm, VmConfig};
+use husk_vmm::virtio::VirtioDevice;
 
 use super::{
     check_spec, kernel_cmdline, Error, Hypervisor, RebootMode, Stopped, VmExit, VmSpec, FS_TAG,
@@ -65,12 +67,27 @@ fn build(spec: &VmSpec) -> Result<Vm, Error> {
         message: e.to_string(),
     })?;
 
+    let mut devices: Vec<Box<dyn VirtioDevice>> =
+        vec![Box::new(vsock), Box::new(FsMmioDevice::new(fs))];
+    // NICs after vsock and fs, so the guest's first NIC is always the third
+    // virtio-mmio device and enumerates in the spec's order.
+    for nic in &spec.nics {
+        let net_error = |e: husk_vmm::devices::net::Error| Error::Device {
+            device: "net",
+            message: e.to_string(),
+        };
+        let tap = nic.tap.try_clone().map_err(net_error)?;
+        devices.push(Box::new(
+            NetMmioDevice::new(tap, nic.config).map_err(net_error)?,
+        ));
+    }
+
     let mut config = VmConfig::new(&spec.kernel);
     config.vcpus = u32::from(spec.vcpus);
     config.memory_mib = u64::from(spec.memory_mib);
     config.initrd = Some(spec.initrd.clone());
     config.cmdline = kernel_cmdline(REBOOT, spec);
-    config.devices = vec![Box::new(vsock), Box::new(FsMmioDevice::new(fs))];
+    config.devices = devices;
     config.console = Box::new(console);
     tracing::debug!(
         cmdline = %config.cmdline,
@@ -150,6 +167,7 @@ mod tests {
             initrd: root.join("initrd"),
             kernel_args: vec!["husk.debug=1".into()],
             sandbox: SandboxDir::new(root, "vm").unwrap(),
+            nics: vec![],
         }
     }
 

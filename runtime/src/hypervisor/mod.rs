@@ -21,8 +21,10 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use husk_vmm::devices::net::{NetConfig, Tap};
 use husk_vmm::machine::{ExitReason, HostCheck};
 
 use crate::sandbox_dir::SandboxDir;
@@ -37,6 +39,9 @@ pub const MAX_MEMORY_MIB: u32 = 1 << 20;
 pub const GUEST_CID: u64 = 3;
 /// The virtio-fs tag the agent mounts.
 pub const FS_TAG: &str = "husk";
+/// Most NICs a sandbox VM may have (each takes a virtio-mmio slot and its
+/// interrupt line).
+pub const MAX_NICS: usize = 8;
 
 /// What to boot, and where its sockets and files live.
 #[derive(Debug, Clone)]
@@ -53,6 +58,20 @@ pub struct VmSpec {
     pub kernel_args: Vec<String>,
     /// The sandbox directory; it must exist (see [`SandboxDir::create`]).
     pub sandbox: SandboxDir,
+    /// The guest's NICs, in the order the guest enumerates them.
+    pub nics: Vec<NicSpec>,
+}
+
+/// One guest NIC: the tap that carries its frames on the host, and what
+/// the guest sees (MAC, MTU).
+#[derive(Debug, Clone)]
+pub struct NicSpec {
+    /// The host side, already made (in the sandbox's network namespace) and
+    /// up. Shared, so the spec stays `Clone`; each backend serves a
+    /// duplicate of the fd, and the tap disappears when the last one closes.
+    pub tap: Arc<Tap>,
+    /// The guest's MAC and MTU.
+    pub config: NetConfig,
 }
 
 impl VmSpec {
@@ -68,6 +87,7 @@ impl VmSpec {
             initrd,
             kernel_args: Vec::new(),
             sandbox,
+            nics: Vec::new(),
         }
     }
 }
@@ -98,7 +118,7 @@ pub enum Error {
     /// A device backend could not be served.
     #[error("cannot serve the {device} device: {message}")]
     Device {
-        /// "vsock" or "fs".
+        /// "vsock", "fs" or "net".
         device: &'static str,
         /// The backend's error.
         message: String,
@@ -292,6 +312,12 @@ fn validate_spec(spec: &VmSpec) -> Result<(), Error> {
     {
         return Err(Error::InvalidSpec(format!("kernel argument {bad:?}")));
     }
+    if spec.nics.len() > MAX_NICS {
+        return Err(Error::InvalidSpec(format!(
+            "{} NICs, at most {MAX_NICS}",
+            spec.nics.len()
+        )));
+    }
     // Paths under the sandbox must be valid UTF-8: QEMU's option parser
     // and the virtio-fs passthrough both take them as strings.
     let dir = &spec.sandbox;
@@ -429,7 +455,37 @@ pub(crate) mod test_support {
             initrd: root.join("initrd"),
             kernel_args: vec![],
             sandbox: SandboxDir::new(root, "vm").unwrap(),
+            nics: vec![],
         }
+    }
+
+    /// A NIC on a tap in a new network namespace of its own (which lives as
+    /// long as the tap), with MAC `52:54:00:00:00:<last>`; `None` (the test
+    /// skips) where this process cannot make namespaces or taps. Nothing
+    /// touches the machine's own network.
+    pub fn nic(last: u8, mtu: u16) -> Option<super::NicSpec> {
+        use husk_vmm::devices::net::{NetConfig, Tap};
+        let tap = std::thread::spawn(|| {
+            // SAFETY: unshare only changes this thread's network namespace.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                return None;
+            }
+            Tap::open("husktest%d").ok()
+        })
+        .join()
+        .ok()
+        .flatten();
+        let Some(tap) = tap else {
+            eprintln!("skipping: cannot make a tap in a network namespace here");
+            return None;
+        };
+        Some(super::NicSpec {
+            tap: std::sync::Arc::new(tap),
+            config: NetConfig {
+                mac: [0x52, 0x54, 0, 0, 0, last],
+                mtu,
+            },
+        })
     }
 
     /// A fake host: /proc/cpuinfo with `flags`, the given modules in
@@ -493,6 +549,18 @@ mod tests {
             );
         }
         assert!(validate_spec(&spec(root)).is_ok());
+    }
+
+    #[test]
+    fn more_nics_than_the_machine_has_slots_for_are_refused() {
+        let Some(nic) = super::test_support::nic(1, 1500) else {
+            return;
+        };
+        let mut s = spec(Path::new("/r"));
+        s.nics = vec![nic; MAX_NICS];
+        assert!(validate_spec(&s).is_ok());
+        s.nics.push(s.nics[0].clone());
+        assert!(matches!(validate_spec(&s), Err(Error::InvalidSpec(_))));
     }
 
     #[test]

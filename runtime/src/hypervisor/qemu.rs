@@ -1,6 +1,6 @@
-//! The QEMU backend: `qemu-system-x86_64 -M microvm`, with husk's own vsock
-//! and virtio-fs backends served to it over vhost-user from threads of this
-//! process (no extra daemons).
+//! The QEMU backend: `qemu-system-x86_64 -M microvm`, with husk's own vsock,
+//! virtio-fs and virtio-net backends served to it over vhost-user from
+//! threads of this process (no extra daemons).
 //!
 //! KVM is used where it can run Linux guests; elsewhere TCG (`-cpu max`).
 //! Guest RAM is a shared memfd, which vhost-user requires. `acpi=off` makes
@@ -14,6 +14,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use husk_vmm::devices::fs::serve_fs;
+use husk_vmm::devices::net::{format_mac, serve_net};
 use husk_vmm::devices::vsock::serve_vsock;
 use husk_vmm::machine::HostCheck;
 use husk_vmm::vhost_user::ServeHandle;
@@ -77,6 +78,7 @@ struct RunningVm {
     /// backend and removes its socket.
     _vsock: ServeHandle,
     _fs: ServeHandle,
+    _nics: Vec<ServeHandle>,
 }
 
 impl Qemu {
@@ -129,6 +131,20 @@ impl Hypervisor for Qemu {
             }
         })?;
 
+        let nics = spec
+            .nics
+            .iter()
+            .enumerate()
+            .map(|(i, nic)| {
+                let tap = nic.tap.try_clone()?;
+                serve_net(&dir.vhost_net_socket(i), tap, nic.config)
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Error::Device {
+                device: "net",
+                message: e.to_string(),
+            })?;
+
         let log_path = dir.hypervisor_log();
         let stderr = File::create(&log_path).map_err(|source| Error::LogFile {
             path: log_path.clone(),
@@ -162,6 +178,7 @@ impl Hypervisor for Qemu {
             status: None,
             _vsock: vsock,
             _fs: fs,
+            _nics: nics,
         });
         Ok(())
     }
@@ -292,6 +309,26 @@ fn command_line(spec: &VmSpec, accel: Accel, guest_tsc_khz: Option<u32>) -> Vec<
     ));
     push("-device");
     push(&format!("vhost-user-fs-device,chardev=fs,tag={FS_TAG}"));
+    // Each NIC: QEMU's virtio-net (configuration space, control queue) with
+    // its queue pair served by husk's backend over vhost-user.
+    for (i, nic) in spec.nics.iter().enumerate() {
+        push("-chardev");
+        push(&format!(
+            "socket,id=net{i},path={}",
+            opt_path(&dir.vhost_net_socket(i))
+        ));
+        push("-netdev");
+        push(&format!("vhost-user,id=net{i},chardev=net{i}"));
+        let mut device = format!(
+            "virtio-net-device,netdev=net{i},mac={}",
+            format_mac(&nic.config.mac)
+        );
+        if nic.config.mtu != 1500 {
+            device.push_str(&format!(",host_mtu={}", nic.config.mtu));
+        }
+        push("-device");
+        push(&device);
+    }
     push("-append");
     push(&cmdline);
     args.push("-kernel".into());
@@ -419,7 +456,7 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hypervisor::test_support::spec;
+    use crate::hypervisor::test_support::{nic, spec};
 
     fn strings(args: &[OsString]) -> Vec<String> {
         args.iter()
@@ -471,6 +508,57 @@ mod tests {
         assert!(append[0].contains(" reboot=t "), "{append:?}");
         assert!(append[0].ends_with(" husk.debug=1"), "{append:?}");
         assert!(args.iter().any(|a| a == "-no-reboot"));
+    }
+
+    #[test]
+    fn each_nic_is_a_vhost_user_netdev_with_its_mac_and_mtu_after_vsock_and_fs() {
+        let (Some(a), Some(b)) = (nic(0x0a, 1500), nic(0x0b, 9000)) else {
+            return;
+        };
+        let mut s = spec(Path::new("/run/husk"));
+        s.nics = vec![a, b];
+        let args = strings(&command_line(&s, Accel::Tcg, None));
+        assert_eq!(
+            value_after(&args, "-device"),
+            [
+                "vhost-user-vsock-device,chardev=vsock",
+                "vhost-user-fs-device,chardev=fs,tag=husk",
+                "virtio-net-device,netdev=net0,mac=52:54:00:00:00:0a",
+                "virtio-net-device,netdev=net1,mac=52:54:00:00:00:0b,host_mtu=9000",
+            ]
+        );
+        assert_eq!(
+            value_after(&args, "-netdev"),
+            [
+                "vhost-user,id=net0,chardev=net0",
+                "vhost-user,id=net1,chardev=net1"
+            ]
+        );
+        let chardevs = value_after(&args, "-chardev");
+        assert_eq!(
+            &chardevs[3..],
+            [
+                "socket,id=net0,path=/run/husk/vm/vhost-net-0.sock",
+                "socket,id=net1,path=/run/husk/vm/vhost-net-1.sock",
+            ]
+        );
+        // No NIC, no netdev.
+        let args = strings(&command_line(&spec(Path::new("/r")), Accel::Tcg, None));
+        assert!(value_after(&args, "-netdev").is_empty());
+    }
+
+    #[test]
+    fn a_nic_backend_is_served_while_qemu_runs_and_removed_with_it() {
+        let Some(n) = nic(1, 1500) else {
+            return;
+        };
+        let root = tempfile::tempdir().unwrap();
+        let (mut s, mut qemu) = fake_qemu(root.path(), "#!/bin/sh\nexec sleep 60\n");
+        s.nics = vec![n];
+        qemu.start(&s).unwrap();
+        assert!(s.sandbox.vhost_net_socket(0).exists());
+        qemu.stop(Duration::from_millis(50)).unwrap();
+        assert!(!s.sandbox.vhost_net_socket(0).exists());
     }
 
     #[test]
