@@ -6,7 +6,7 @@ SHELL := /bin/bash
 BUILD := build
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: demo test deps build check agent kernel image guest install bench bench-nested clean
+.PHONY: demo test deps build check agent kernel image guest install bench bench-nested bench-net clean
 
 PREFIX ?= /usr/local
 
@@ -95,6 +95,14 @@ bench-nested: deps guest
 		tail -n 40 $(NESTED_BENCH_OUT)/script.log || true; \
 	fi; \
 	exit $$status
+
+## bench-net: TCP throughput (iperf3) container <-> peer: husk's virtio-net
+## backend beside QEMU's own -netdev tap on the same guest, and runc, in a
+## private Docker inside a network namespace of its own (as root; about 10
+## minutes under TCG). NET_BENCH_RUNS (default 5), NET_BENCH_SECONDS (10);
+## the table also goes to build/bench-net.md.
+bench-net: deps guest
+	tests/bench/net-iperf.sh
 
 # The path of bench $(2) of package $(1), built in release (bench) mode, as
 # cargo reports it.
