@@ -179,13 +179,25 @@ impl Netlink {
     /// One whole datagram, however large.
     fn receive(&self) -> Result<Vec<u8>, Error> {
         let mut probe: Vec<u8> = Vec::new();
-        let len = self
-            .socket
-            .recv(&mut probe, libc::MSG_PEEK | libc::MSG_TRUNC)
-            .map_err(Error::Socket)?;
+        let len = retry_interrupted(|| {
+            self.socket
+                .recv(&mut probe, libc::MSG_PEEK | libc::MSG_TRUNC)
+        })?;
         let mut buf = Vec::with_capacity(len.max(1));
-        let got = self.socket.recv(&mut buf, 0).map_err(Error::Socket)?;
+        let got = retry_interrupted(|| self.socket.recv(&mut buf, 0))?;
         buf.truncate(got);
         Ok(buf)
+    }
+}
+
+/// `f` again while a signal interrupts it: a socket with a receive timeout
+/// is not restarted after a signal handler (the sandbox process has one
+/// for SIGTERM).
+fn retry_interrupted(mut f: impl FnMut() -> io::Result<usize>) -> Result<usize, Error> {
+    loop {
+        match f() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other.map_err(Error::Socket),
+        }
     }
 }

@@ -361,3 +361,16 @@ pub fn sandbox_dir_of(path: &Path) -> Result<SandboxDir, crate::sandbox_dir::Err
         .unwrap_or_default();
     SandboxDir::new(path.parent().unwrap_or(Path::new("/")), name)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dns_relay_listens_where_the_vsock_device_sends_guest_connections_to_port_1025() {
+        assert_eq!(
+            dns_relay_socket(Path::new("/run/husk/sandboxes/abc")),
+            Path::new("/run/husk/sandboxes/abc/vsock.sock_1025")
+        );
+    }
+}
