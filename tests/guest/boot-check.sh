@@ -2,8 +2,10 @@
 # Boot husk's guest kernel under QEMU TCG (microvm, no ACPI, no PCI) with an
 # initrd whose /init is tests/guest/init-check.c, and check its verdict on
 # the serial console. Then boot it again with a virtio-mmio block device on
-# the command line, to prove the virtio_mmio.device= path, and once asking
-# for that device without attaching it, to prove the check can fail.
+# the command line, to prove the virtio_mmio.device= path, once with a
+# virtio-net device (on a QEMU hub port that leads nowhere: no host network
+# is touched), and once asking for the block device without attaching it,
+# to prove the check can fail.
 #
 # Usage: tests/guest/boot-check.sh [--kernel VMLINUX]
 #   without --kernel, guest-kernel/build.sh builds or finds the cached one.
@@ -98,6 +100,10 @@ boot virtio-mmio "$work/initrd.gz" "husk_check=virtio-blk" \
     -drive "id=disk,file=$work/disk.img,format=raw,if=none" \
     -device virtio-blk-device,drive=disk || failed=1
 
+boot virtio-net "$work/initrd.gz" "husk_check=virtio-net" \
+    -netdev hubport,id=net0,hubid=0 \
+    -device virtio-net-device,netdev=net0,mac=52:54:00:12:34:56,host_mtu=1400 || failed=1
+
 # The check must be able to fail: asking for a disk that is not attached has
 # to give FAILED, not OK.
 if boot missing-device "$work/initrd.gz" "husk_check=virtio-blk"; then
@@ -114,4 +120,4 @@ fi
 log "kernel $kernel"
 log "initrd $(stat -c %s "$work/initrd") bytes, gzip'd $(stat -c %s "$work/initrd.gz") bytes"
 sed 's/^/boot-check: ok-ms /' "$work/results" >&2
-echo "3 passed, 0 failed"
+echo "4 passed, 0 failed"

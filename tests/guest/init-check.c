@@ -6,6 +6,8 @@
  *
  * Optional checks are switched on by words on the kernel command line:
  *   husk_check=virtio-blk   expect a virtio-mmio block device (vda)
+ *   husk_check=virtio-net   expect a virtio-mmio NIC (eth0) with MAC
+ *                           52:54:00:12:34:56 and the host's MTU 1400
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -169,6 +171,49 @@ static void check_virtio_blk(void)
 	pass("virtio-mmio block device vda");
 }
 
+static void check_virtio_net(void)
+{
+	static char buf[64];
+
+	if (read_file("/sys/class/net/eth0/device/device", buf, sizeof(buf)) != 0) {
+		fail("virtio-mmio NIC", "no /sys/class/net/eth0");
+		return;
+	}
+	if (strtoul(buf, NULL, 0) != 1) {
+		fail("virtio-mmio NIC", "eth0 is not virtio device id 1");
+		return;
+	}
+	if (read_file("/sys/class/net/eth0/address", buf, sizeof(buf)) != 0 ||
+	    strncmp(buf, "52:54:00:12:34:56", 17) != 0) {
+		fail("virtio-mmio NIC", "eth0 does not have the MAC the device gave");
+		return;
+	}
+	/* VIRTIO_NET_F_MTU: the guest takes the host's MTU (husk passes the
+	 * container link's MTU this way). */
+	if (read_file("/sys/class/net/eth0/mtu", buf, sizeof(buf)) != 0 ||
+	    strtoul(buf, NULL, 10) != 1400) {
+		fail("virtio-mmio NIC", "eth0 does not have the host's MTU 1400");
+		return;
+	}
+	pass("virtio-mmio NIC eth0");
+}
+
+/* IPv4 and IPv6 sockets: containers listen on 0.0.0.0 and [::]. */
+static void check_inet(void)
+{
+	int fd4 = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	int fd6 = socket(AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+
+	if (fd4 < 0 || fd6 < 0)
+		fail("inet sockets", strerror(errno));
+	else
+		pass("inet and inet6 sockets");
+	if (fd4 >= 0)
+		close(fd4);
+	if (fd6 >= 0)
+		close(fd6);
+}
+
 int main(void)
 {
 	static const char *const filesystems[] = { "virtiofs", "fuse", "cgroup2", "tmpfs",
@@ -227,8 +272,11 @@ int main(void)
 	check_vsock();
 	check_seccomp();
 	check_clock();
+	check_inet();
 	if (has_word(cmdline, "husk_check=virtio-blk"))
 		check_virtio_blk();
+	if (has_word(cmdline, "husk_check=virtio-net"))
+		check_virtio_net();
 
 	if (read_file("/proc/uptime", uptime, sizeof(uptime)) == 0)
 		printf("husk-check: uptime %s", uptime);
