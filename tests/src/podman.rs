@@ -36,6 +36,8 @@ pub const PACKAGES: [&str; 3] = ["podman", "netavark", "aardvark-dns"];
 /// How long one podman command may take (under husk each container boots
 /// a VM on TCG).
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(180);
+/// Where rootful Podman 4.3 keeps network state whatever its `--runroot`.
+const HOST_DIRS: [&str; 2] = ["/run/containers", "/run/containers/networks"];
 /// How long processes left by conmon get to exit by themselves.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -54,6 +56,10 @@ pub struct Podman {
     /// `/run/netns` before the test: Podman names the namespaces it makes
     /// there `netns-<uuid>`, and any new one at teardown is a leftover.
     netns_before: BTreeSet<String>,
+    /// Directories outside `root` Podman makes on first use and that did
+    /// not exist before (netavark's IPAM database and aardvark-dns's
+    /// configuration, at a fixed path for rootful Podman).
+    host_dirs: Vec<PathBuf>,
     torn_down: bool,
     _serial: MutexGuard<'static, ()>,
 }
@@ -80,6 +86,11 @@ impl Podman {
             runtime: runtime.cloned(),
             netns: None,
             netns_before: podman_namespaces(),
+            host_dirs: HOST_DIRS
+                .iter()
+                .map(PathBuf::from)
+                .filter(|p| !p.exists())
+                .collect(),
             torn_down: false,
             _serial: serial,
         };
@@ -345,6 +356,14 @@ impl Podman {
             }
         } else {
             found.paths.push(self.root.clone());
+        }
+        // Deepest first; what existed before the test is not touched.
+        for dir in self.host_dirs.iter().rev() {
+            if dir.ends_with("networks") {
+                let _ = std::fs::remove_dir_all(dir);
+            } else {
+                let _ = std::fs::remove_dir(dir);
+            }
         }
         if let Some(ns) = self.netns.take() {
             let name = ns.name().to_owned();
