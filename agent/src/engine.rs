@@ -69,6 +69,8 @@ impl Engine {
             )));
         }
         prepare_spec(&mut spec, container_id, rootfs)?;
+        let net_sysctls = crate::network::sysctl::take_shared(&mut spec)?;
+        crate::network::sysctl::apply(&net_sysctls)?;
         fs::create_dir_all(&bundle)
             .map_err(|e| AgentError::io(format!("creating bundle {}", bundle.display()), e))?;
         let result = self.create_in_bundle(container_id, &spec, &bundle);

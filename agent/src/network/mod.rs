@@ -16,6 +16,7 @@ pub mod neighbour;
 pub mod netlink;
 pub mod route;
 pub mod spec;
+pub mod sysctl;
 
 use husk_protocol::agent::{Interface, IpAddress, Neighbor, Route};
 
