@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use husk_runtime::host_process::Stat;
 use husk_runtime::store::Store;
 use husk_tests::guest::{self, GuestArtifacts};
+use husk_tests::netns::{HttpServer, NetNs};
 use husk_tests::{containers, rootfs};
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
@@ -818,4 +819,158 @@ fn check_version_features_and_spec_answer_like_runc() {
         !again.status.success(),
         "spec must not overwrite config.json"
     );
+}
+
+/// Runs `ip args` and fails the test with its stderr if it fails.
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A network namespace the spec names by path, as Podman and CNI hand one
+/// over: its veth's name, MAC, IPv4 and IPv6 addresses and default route
+/// are the container's, in the VM; a server on the veth's peer answers on
+/// both; afterwards neither tap nor tc filter is left in the namespace.
+#[test]
+fn a_network_namespace_by_path_is_the_containers_network() {
+    let w = World::new();
+    let ns = NetNs::create().unwrap();
+    let peer = NetNs::create().unwrap();
+    ip(&[
+        "link",
+        "add",
+        "hv0",
+        "netns",
+        ns.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "hp0",
+        "netns",
+        peer.name(),
+    ]);
+    let mac = "02:42:0a:e7:07:02";
+    for args in [
+        vec![
+            "-n",
+            ns.name(),
+            "link",
+            "set",
+            "hv0",
+            "address",
+            mac,
+            "mtu",
+            "1400",
+        ],
+        vec![
+            "-n",
+            ns.name(),
+            "addr",
+            "add",
+            "10.231.7.2/24",
+            "dev",
+            "hv0",
+        ],
+        vec![
+            "-n",
+            ns.name(),
+            "addr",
+            "add",
+            "fd00:e7::2/64",
+            "dev",
+            "hv0",
+            "nodad",
+        ],
+        vec!["-n", ns.name(), "link", "set", "hv0", "up"],
+        vec![
+            "-n",
+            ns.name(),
+            "route",
+            "add",
+            "default",
+            "via",
+            "10.231.7.1",
+        ],
+        vec!["-n", peer.name(), "link", "set", "hp0", "mtu", "1400"],
+        vec![
+            "-n",
+            peer.name(),
+            "addr",
+            "add",
+            "10.231.7.1/24",
+            "dev",
+            "hp0",
+        ],
+        vec![
+            "-n",
+            peer.name(),
+            "addr",
+            "add",
+            "fd00:e7::1/64",
+            "dev",
+            "hp0",
+            "nodad",
+        ],
+        vec!["-n", peer.name(), "link", "set", "hp0", "up"],
+    ] {
+        ip(&args);
+    }
+    let _server = HttpServer::start(&peer, "8080", "hello from the peer").unwrap();
+    let path = ns.path();
+    let bundle = w.bundle(
+        "net",
+        &[
+            "sh",
+            "-c",
+            "ip -o link show; ip -o addr show; ip route; \
+             timeout 20 wget -q -O - http://10.231.7.1:8080/ && echo; \
+             timeout 20 wget -q -O - 'http://[fd00:e7::1]:8080/' && echo",
+        ],
+        |spec| {
+            let mut linux = spec.linux().clone().unwrap();
+            let mut namespaces = linux.namespaces().clone().unwrap_or_default();
+            for n in namespaces.iter_mut() {
+                if n.typ() == LinuxNamespaceType::Network {
+                    n.set_path(Some(path.clone()));
+                }
+            }
+            linux.set_namespaces(Some(namespaces));
+            spec.set_linux(Some(linux));
+        },
+    );
+    let out = w.husk(&["run", "--bundle", bundle.to_str().unwrap(), "net1"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "husk run: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "hv0",
+        mac,
+        "mtu 1400",
+        "inet 10.231.7.2/24",
+        "inet6 fd00:e7::2/64",
+        "default via 10.231.7.1",
+    ] {
+        assert!(stdout.contains(needle), "no {needle:?} in:\n{stdout}");
+    }
+    assert_eq!(
+        stdout.matches("hello from the peer").count(),
+        2,
+        "the peer's page over IPv4 and IPv6:\n{stdout}"
+    );
+    w.assert_clean();
+    let links = ns.links().unwrap();
+    assert!(
+        !links.iter().any(|l| l.starts_with("husktap")),
+        "taps left: {links:?}"
+    );
+    let tc = ns.tc_state().unwrap();
+    assert!(tc.is_empty(), "tc left: {tc:?}");
 }
