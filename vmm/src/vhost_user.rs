@@ -83,6 +83,9 @@ struct Session {
 /// A running vhost-user server; stopping or dropping it ends the session.
 pub struct ServeHandle {
     path: PathBuf,
+    /// Whatever stands between the frontend and the daemon's socket (a
+    /// relay), dropped first when stopping.
+    front: Option<Box<dyn Send>>,
     session: Arc<Mutex<Session>>,
     stop_event: Arc<EventFd>,
     thread: Option<JoinHandle<()>>,
@@ -102,6 +105,7 @@ impl ServeHandle {
     /// Stops serving: shuts the frontend connection down, joins every thread
     /// and removes the socket file. Safe to call more than once.
     pub fn stop(&mut self) {
+        drop(self.front.take());
         {
             let mut session = self.session.lock().unwrap_or_else(PoisonError::into_inner);
             session.stopping = true;
@@ -115,6 +119,16 @@ impl ServeHandle {
                 tracing::error!(path = %self.path.display(), "vhost-user serving thread panicked");
             }
         }
+    }
+}
+
+impl ServeHandle {
+    /// Puts `front` (listening on `path`, where the frontend now connects)
+    /// in front of the daemon's own socket. It is dropped first on stop.
+    pub(crate) fn with_front(mut self, path: PathBuf, front: Box<dyn Send>) -> Self {
+        self.path = path;
+        self.front = Some(front);
+        self
     }
 }
 
@@ -167,6 +181,7 @@ where
 
     Ok(ServeHandle {
         path: socket.to_owned(),
+        front: None,
         session,
         stop_event,
         thread: Some(thread),

@@ -12,6 +12,7 @@
 
 mod device;
 mod mmio;
+mod relay;
 mod tap;
 mod vhost_user;
 
@@ -83,6 +84,9 @@ pub enum Error {
     /// stopped until the driver resets the device.
     #[error("virtio-net queue unusable: {0}")]
     Queue(virtio_queue::Error),
+    /// The relay in front of the vhost-user daemon could not start.
+    #[error("vhost-user relay: {0}")]
+    Relay(#[source] io::Error),
     /// The vhost-user server could not start.
     #[error(transparent)]
     VhostUser(#[from] crate::vhost_user::Error),

@@ -8,7 +8,7 @@
 
 use std::io;
 use std::os::fd::RawFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
@@ -21,6 +21,7 @@ use vmm_sys_util::event::{
 };
 
 use super::device::{NetDevice, NUM_QUEUES, RX_QUEUE, TX_QUEUE};
+use super::relay::Relay;
 use super::{Error, NetConfig, Tap};
 use crate::vhost_user::{serve, ServeHandle, ServedBackend};
 
@@ -116,6 +117,7 @@ impl VhostUserBackendMut for NetBackend {
     }
 
     fn features(&self) -> u64 {
+        // QEMU starts vhost-user-net only with PROTOCOL_FEATURES.
         self.device.features() | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
     }
 
@@ -126,7 +128,7 @@ impl VhostUserBackendMut for NetBackend {
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::REPLY_ACK
+        VhostUserProtocolFeatures::empty()
     }
 
     fn set_event_idx(&mut self, _enabled: bool) {
@@ -179,10 +181,19 @@ impl ServedBackend for Arc<RwLock<NetBackend>> {
 
 /// Serves a virtio-net device joined to `tap`, showing the guest `config`,
 /// to QEMU on `vhost_socket`. Stopping or dropping the handle disconnects
-/// QEMU, joins the threads and removes the socket; the tap closes with the
+/// QEMU, joins the threads and removes the sockets; the tap closes with the
 /// backend.
+///
+/// The daemon itself listens on `<vhost_socket>.backend`, behind a relay on
+/// `vhost_socket` that works around QEMU's early `SET_VRING_ENABLE` (see
+/// `relay.rs`).
 pub fn serve_net(vhost_socket: &Path, tap: Tap, config: NetConfig) -> Result<ServeHandle, Error> {
     let device = NetDevice::new(tap, config)?;
     let backend = Arc::new(RwLock::new(NetBackend::new(device)?));
-    Ok(serve("net", backend, vhost_socket)?)
+    let mut inner = vhost_socket.as_os_str().to_owned();
+    inner.push(".backend");
+    let inner = PathBuf::from(inner);
+    let handle = serve("net", backend, &inner)?;
+    let relay = Relay::start(vhost_socket, inner).map_err(Error::Relay)?;
+    Ok(handle.with_front(vhost_socket.to_owned(), Box::new(relay)))
 }
