@@ -97,6 +97,21 @@ pub struct Guest {
 pub struct Qemu {
     /// The QEMU program: a path, or a name looked up in `PATH`.
     pub path: PathBuf,
+    /// Who moves the guest NICs' frames: husk's own virtio-net backend over
+    /// vhost-user (the default, the same device code the builtin VMM runs),
+    /// or QEMU's built-in tap backend (for comparing the two).
+    pub net_backend: QemuNetBackend,
+}
+
+/// The `[qemu] net_backend` choice.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum QemuNetBackend {
+    /// husk's virtio-net backend, served to QEMU over vhost-user.
+    #[default]
+    VhostUser,
+    /// QEMU's own virtio-net datapath on the same tap (`-netdev tap,fd=`).
+    Tap,
 }
 
 impl Default for Config {
@@ -131,6 +146,7 @@ impl Default for Qemu {
     fn default() -> Self {
         Self {
             path: "qemu-system-x86_64".into(),
+            net_backend: QemuNetBackend::default(),
         }
     }
 }

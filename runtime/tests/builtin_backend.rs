@@ -44,7 +44,7 @@ fn spec(root: &Path, kernel: &Path) -> VmSpec {
 fn builtin() -> Box<dyn Hypervisor> {
     new_hypervisor(
         ConcreteBackend::Builtin,
-        Path::new("unused-qemu"),
+        &husk_runtime::config::Qemu::default(),
         &HostCheck::run(),
     )
 }

@@ -18,7 +18,7 @@ pub mod builtin;
 pub mod qemu;
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -415,23 +415,22 @@ impl Backend {
 }
 
 /// A hypervisor of the given backend for `host` (as inspected by the
-/// caller, who resolved the backend with it). `qemu_program` is a path or a
-/// name looked up in `PATH` (used by the QEMU backend only; a missing
-/// program is reported when the VM starts).
+/// caller, who resolved the backend with it). `qemu.path` is a path or a
+/// name looked up in `PATH` (used by the QEMU backend only, like the rest
+/// of `qemu`; a missing program is reported when the VM starts).
 pub fn new_hypervisor(
     backend: ConcreteBackend,
-    qemu_program: &Path,
+    qemu: &crate::config::Qemu,
     host: &HostCheck,
 ) -> Box<dyn Hypervisor> {
     match backend {
         ConcreteBackend::Builtin => Box::new(builtin::Builtin::new()),
         ConcreteBackend::Qemu => {
-            let program =
-                qemu::find_program(qemu_program).unwrap_or_else(|| qemu_program.to_owned());
-            Box::new(qemu::Qemu::with_program(
-                program,
-                qemu::Accel::for_host(host),
-            ))
+            let program = qemu::find_program(&qemu.path).unwrap_or_else(|| qemu.path.clone());
+            Box::new(
+                qemu::Qemu::with_program(program, qemu::Accel::for_host(host))
+                    .with_net_backend(qemu.net_backend),
+            )
         }
     }
 }
@@ -515,6 +514,8 @@ pub(crate) mod test_support {
 #[cfg(test)]
 mod tests {
     use super::test_support::spec;
+    use std::path::Path;
+
     use super::*;
 
     fn host(flags: &str, modules: &[&str], kvm: bool) -> HostCheck {
@@ -673,7 +674,7 @@ mod tests {
     fn new_hypervisor_builds_an_idle_backend_of_each_kind() {
         for backend in [ConcreteBackend::Builtin, ConcreteBackend::Qemu] {
             let mut hv =
-                new_hypervisor(backend, Path::new("qemu-system-x86_64"), &HostCheck::run());
+                new_hypervisor(backend, &crate::config::Qemu::default(), &HostCheck::run());
             assert_eq!(hv.pid(), None);
             assert_eq!(hv.wait(Duration::ZERO).unwrap(), None);
             assert_eq!(hv.stop(Duration::ZERO).unwrap(), Stopped::NotRunning);
@@ -681,11 +682,11 @@ mod tests {
         // A QEMU program that is not there is reported when a VM starts.
         let root = tempfile::tempdir().unwrap();
         let s = spec(root.path());
-        let mut hv = new_hypervisor(
-            ConcreteBackend::Qemu,
-            &root.path().join("no-qemu"),
-            &HostCheck::run(),
-        );
+        let qemu = crate::config::Qemu {
+            path: root.path().join("no-qemu"),
+            ..Default::default()
+        };
+        let mut hv = new_hypervisor(ConcreteBackend::Qemu, &qemu, &HostCheck::run());
         assert!(matches!(hv.start(&s), Err(Error::MissingProgram(_))));
     }
 }

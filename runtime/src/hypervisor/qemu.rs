@@ -8,6 +8,8 @@
 
 use std::ffi::OsString;
 use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
@@ -18,6 +20,8 @@ use husk_vmm::devices::net::{format_mac, serve_net};
 use husk_vmm::devices::vsock::serve_vsock;
 use husk_vmm::machine::HostCheck;
 use husk_vmm::vhost_user::ServeHandle;
+
+use crate::config::QemuNetBackend;
 
 use super::{
     check_spec, kernel_cmdline, Error, Hypervisor, RebootMode, Stopped, VmExit, VmSpec, FS_TAG,
@@ -67,6 +71,7 @@ impl Accel {
 pub struct Qemu {
     program: PathBuf,
     accel: Accel,
+    net_backend: QemuNetBackend,
     vm: Option<RunningVm>,
 }
 
@@ -93,8 +98,15 @@ impl Qemu {
         Self {
             program,
             accel,
+            net_backend: QemuNetBackend::default(),
             vm: None,
         }
+    }
+
+    /// Who moves the NICs' frames (`[qemu] net_backend`).
+    pub fn with_net_backend(mut self, net_backend: QemuNetBackend) -> Self {
+        self.net_backend = net_backend;
+        self
     }
 
     fn check(&self, spec: &VmSpec) -> Result<(), Error> {
@@ -131,19 +143,42 @@ impl Hypervisor for Qemu {
             }
         })?;
 
-        let nics = spec
-            .nics
-            .iter()
-            .enumerate()
-            .map(|(i, nic)| {
-                let tap = nic.tap.try_clone()?;
-                serve_net(&dir.vhost_net_socket(i), tap, nic.config)
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| Error::Device {
-                device: "net",
-                message: e.to_string(),
-            })?;
+        // husk's backend serves each NIC over vhost-user; QEMU's own tap
+        // backend instead gets a copy of each tap's fd, inherited.
+        let (nics, tap_fds) = match self.net_backend {
+            QemuNetBackend::VhostUser => {
+                let nics = spec
+                    .nics
+                    .iter()
+                    .enumerate()
+                    .map(|(i, nic)| {
+                        let tap = nic.tap.try_clone()?;
+                        serve_net(&dir.vhost_net_socket(i), tap, nic.config)
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| Error::Device {
+                        device: "net",
+                        message: e.to_string(),
+                    })?;
+                (nics, Vec::new())
+            }
+            QemuNetBackend::Tap => {
+                let fds = spec
+                    .nics
+                    .iter()
+                    .map(|nic| nic.tap.as_fd().try_clone_to_owned())
+                    .collect::<Result<Vec<OwnedFd>, _>>()
+                    .map_err(|e| Error::Device {
+                        device: "net",
+                        message: e.to_string(),
+                    })?;
+                (Vec::new(), fds)
+            }
+        };
+        let net = match self.net_backend {
+            QemuNetBackend::VhostUser => NetArgs::VhostUser,
+            QemuNetBackend::Tap => NetArgs::Tap(tap_fds.iter().map(AsRawFd::as_raw_fd).collect()),
+        };
 
         let log_path = dir.hypervisor_log();
         let stderr = File::create(&log_path).map_err(|source| Error::LogFile {
@@ -156,18 +191,33 @@ impl Hypervisor for Qemu {
             Accel::Tcg => host_tsc_khz(),
             Accel::Kvm => None,
         };
-        let args = command_line(spec, self.accel, tsc_khz);
+        let args = command_line(spec, self.accel, tsc_khz, &net);
         tracing::debug!(program = %self.program.display(), ?args, "starting QEMU");
-        let child = Command::new(&self.program)
+        let mut command = Command::new(&self.program);
+        command
             .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .map_err(|source| Error::Spawn {
-                program: self.program.clone(),
-                source,
-            })?;
+            .stderr(stderr);
+        if !tap_fds.is_empty() {
+            let inherit: Vec<RawFd> = tap_fds.iter().map(AsRawFd::as_raw_fd).collect();
+            // SAFETY: only fcntl, which is async-signal-safe, runs between
+            // fork and exec; the fds stay open in the parent until after.
+            unsafe {
+                command.pre_exec(move || {
+                    for &fd in &inherit {
+                        if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = command.spawn().map_err(|source| Error::Spawn {
+            program: self.program.clone(),
+            source,
+        })?;
 
         // QEMU refuses bad options and unreachable vhost-user sockets by
         // exiting at once; that is not waited for here (it would cost every
@@ -241,9 +291,22 @@ impl Drop for Qemu {
     }
 }
 
+/// How QEMU gets each NIC's datapath.
+enum NetArgs {
+    /// husk's backend at `SandboxDir::vhost_net_socket(i)`.
+    VhostUser,
+    /// QEMU's tap backend on these inherited fds, one per NIC.
+    Tap(Vec<RawFd>),
+}
+
 /// QEMU's arguments for `spec`. `guest_tsc_khz`, when known, is the rate
 /// of the guest's TSC, passed to the guest kernel as `tsc_early_khz=`.
-fn command_line(spec: &VmSpec, accel: Accel, guest_tsc_khz: Option<u32>) -> Vec<OsString> {
+fn command_line(
+    spec: &VmSpec,
+    accel: Accel,
+    guest_tsc_khz: Option<u32>,
+    net: &NetArgs,
+) -> Vec<OsString> {
     let dir = &spec.sandbox;
     let mem = spec.memory_mib;
     let cmdline = match guest_tsc_khz {
@@ -310,15 +373,25 @@ fn command_line(spec: &VmSpec, accel: Accel, guest_tsc_khz: Option<u32>) -> Vec<
     push("-device");
     push(&format!("vhost-user-fs-device,chardev=fs,tag={FS_TAG}"));
     // Each NIC: QEMU's virtio-net (configuration space, control queue) with
-    // its queue pair served by husk's backend over vhost-user.
+    // its queue pair served by husk's backend over vhost-user, or by QEMU's
+    // own tap datapath on the inherited tap fd.
     for (i, nic) in spec.nics.iter().enumerate() {
-        push("-chardev");
-        push(&format!(
-            "socket,id=net{i},path={}",
-            opt_path(&dir.vhost_net_socket(i))
-        ));
-        push("-netdev");
-        push(&format!("vhost-user,id=net{i},chardev=net{i}"));
+        match net {
+            NetArgs::VhostUser => {
+                push("-chardev");
+                push(&format!(
+                    "socket,id=net{i},path={}",
+                    opt_path(&dir.vhost_net_socket(i))
+                ));
+                push("-netdev");
+                push(&format!("vhost-user,id=net{i},chardev=net{i}"));
+            }
+            NetArgs::Tap(fds) => {
+                let Some(fd) = fds.get(i) else { break };
+                push("-netdev");
+                push(&format!("tap,id=net{i},fd={fd},vhost=off"));
+            }
+        }
         let mut device = format!(
             "virtio-net-device,netdev=net{i},mac={}",
             format_mac(&nic.config.mac)
@@ -475,7 +548,7 @@ mod tests {
     fn tcg_command_line_has_microvm_shared_memory_and_both_devices() {
         let mut s = spec(Path::new("/run/husk"));
         s.kernel_args = vec!["husk.debug=1".into()];
-        let args = strings(&command_line(&s, Accel::Tcg, None));
+        let args = strings(&command_line(&s, Accel::Tcg, None, &NetArgs::VhostUser));
         assert_eq!(
             value_after(&args, "-M"),
             ["microvm,acpi=off,memory-backend=mem"]
@@ -517,7 +590,7 @@ mod tests {
         };
         let mut s = spec(Path::new("/run/husk"));
         s.nics = vec![a, b];
-        let args = strings(&command_line(&s, Accel::Tcg, None));
+        let args = strings(&command_line(&s, Accel::Tcg, None, &NetArgs::VhostUser));
         assert_eq!(
             value_after(&args, "-device"),
             [
@@ -543,8 +616,38 @@ mod tests {
             ]
         );
         // No NIC, no netdev.
-        let args = strings(&command_line(&spec(Path::new("/r")), Accel::Tcg, None));
+        let args = strings(&command_line(
+            &spec(Path::new("/r")),
+            Accel::Tcg,
+            None,
+            &NetArgs::VhostUser,
+        ));
         assert!(value_after(&args, "-netdev").is_empty());
+    }
+
+    #[test]
+    fn with_the_tap_backend_each_nic_is_qemus_tap_on_an_inherited_fd() {
+        let (Some(a), Some(b)) = (nic(0x0a, 1500), nic(0x0b, 9000)) else {
+            eprintln!("skipped: cannot make a tap here");
+            return;
+        };
+        let mut s = spec(Path::new("/run/husk"));
+        s.nics = vec![a, b];
+        let args = strings(&command_line(
+            &s,
+            Accel::Tcg,
+            None,
+            &NetArgs::Tap(vec![7, 9]),
+        ));
+        assert_eq!(
+            value_after(&args, "-netdev"),
+            ["tap,id=net0,fd=7,vhost=off", "tap,id=net1,fd=9,vhost=off"]
+        );
+        assert!(value_after(&args, "-device")
+            .contains(&"virtio-net-device,netdev=net1,mac=52:54:00:00:00:0b,host_mtu=9000"));
+        assert!(!value_after(&args, "-chardev")
+            .iter()
+            .any(|c| c.starts_with("socket,id=net")));
     }
 
     #[test]
@@ -565,13 +668,18 @@ mod tests {
     fn a_known_tsc_rate_reaches_the_guest_before_the_spec_words() {
         let mut s = spec(Path::new("/r"));
         s.kernel_args = vec!["tsc_early_khz=1".into()];
-        let args = strings(&command_line(&s, Accel::Tcg, Some(2_300_000)));
+        let args = strings(&command_line(
+            &s,
+            Accel::Tcg,
+            Some(2_300_000),
+            &NetArgs::VhostUser,
+        ));
         let append = value_after(&args, "-append");
         assert!(
             append[0].ends_with(" tsc_early_khz=2300000 tsc_early_khz=1"),
             "{append:?}"
         );
-        let args = strings(&command_line(&s, Accel::Tcg, None));
+        let args = strings(&command_line(&s, Accel::Tcg, None, &NetArgs::VhostUser));
         assert!(
             !value_after(&args, "-append")[0].contains("tsc_early_khz=2300000"),
             "{args:?}"
@@ -610,14 +718,24 @@ mod tests {
 
     #[test]
     fn kvm_command_line_uses_kvm() {
-        let args = strings(&command_line(&spec(Path::new("/r")), Accel::Kvm, None));
+        let args = strings(&command_line(
+            &spec(Path::new("/r")),
+            Accel::Kvm,
+            None,
+            &NetArgs::VhostUser,
+        ));
         assert_eq!(value_after(&args, "-accel"), ["kvm"]);
         assert_eq!(value_after(&args, "-cpu"), ["host"]);
     }
 
     #[test]
     fn commas_in_paths_are_escaped_for_qemu_options() {
-        let args = strings(&command_line(&spec(Path::new("/a,b")), Accel::Tcg, None));
+        let args = strings(&command_line(
+            &spec(Path::new("/a,b")),
+            Accel::Tcg,
+            None,
+            &NetArgs::VhostUser,
+        ));
         assert!(
             value_after(&args, "-chardev").contains(&"socket,id=fs,path=/a,,b/vm/vhost-fs.sock")
         );

@@ -147,7 +147,7 @@ impl Sandbox {
                 })
                 .collect(),
         };
-        let hv = hypervisor::new_hypervisor(backend, &config.qemu.path, &host);
+        let hv = hypervisor::new_hypervisor(backend, &config.qemu, &host);
         let timeout = Duration::from_secs(config.guest.boot_timeout_secs.into());
         let vm = SandboxVm::boot(hv, spec, timeout)
             .await
