@@ -31,6 +31,7 @@ const PRIORITY: u16 = 1;
 /// Joins `link` and `tap` (interface indexes) both ways. On failure,
 /// whatever was added is removed again.
 pub fn join(nl: &mut Netlink, link: u32, tap: u32) -> Result<(), netlink::Error> {
+    clear_stale(nl, link)?;
     let mut added = Vec::new();
     let mut steps = || -> Result<(), netlink::Error> {
         add_ingress(nl, link)?;
@@ -50,6 +51,26 @@ pub fn join(nl: &mut Netlink, link: u32, tap: u32) -> Result<(), netlink::Error>
         }
     }
     result
+}
+
+/// Removes the ingress qdisc of `link` when all its filters redirect to
+/// interfaces that are gone: the set-up of a sandbox process that was killed
+/// (its tap went with its fd, its qdisc on the link stayed). Any other
+/// qdisc is someone else's and stays.
+pub fn clear_stale(nl: &mut Netlink, link: u32) -> Result<(), netlink::Error> {
+    let targets = redirects(nl, link)?;
+    if !targets.is_empty() && targets.iter().all(|&t| !interface_exists(t)) {
+        tracing::info!(link, "removing a killed sandbox's tc redirect");
+        remove_ingress(nl, link)?;
+    }
+    Ok(())
+}
+
+/// Whether interface `index` exists in this network namespace.
+fn interface_exists(index: u32) -> bool {
+    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: the buffer holds IF_NAMESIZE bytes, as if_indextoname needs.
+    index != 0 && !unsafe { libc::if_indextoname(index, name.as_mut_ptr()) }.is_null()
 }
 
 /// Adds an `ingress` qdisc to interface `index`. One that is there already

@@ -134,6 +134,31 @@ fn tc_joins_two_links_both_ways_and_removing_the_qdiscs_unjoins_them() {
 }
 
 #[test]
+fn a_killed_sandboxs_redirect_on_the_link_is_replaced_and_others_are_kept() {
+    in_new_netns(|| {
+        let mut nl = Netlink::open().unwrap();
+        let (link, _) = veth(&mut nl, "link0", "peer0");
+        let (tap, _) = veth(&mut nl, "tap0", "peer1");
+        tc::join(&mut nl, link, tap).unwrap();
+        // The tap vanishes (its sandbox was killed); the link's qdisc stays.
+        let out = std::process::Command::new("ip")
+            .args(["link", "del", "tap0"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let (tap, _) = veth(&mut nl, "tap1", "peer2");
+        tc::join(&mut nl, link, tap).unwrap();
+        assert_eq!(tc::redirects(&mut nl, link).unwrap(), [tap]);
+        // A redirect to an interface that still exists is not ours to drop.
+        let (other, _) = veth(&mut nl, "link1", "peer3");
+        tc::add_ingress(&mut nl, other).unwrap();
+        tc::redirect(&mut nl, other, tap).unwrap();
+        tc::clear_stale(&mut nl, other).unwrap();
+        assert_eq!(tc::redirects(&mut nl, other).unwrap(), [tap]);
+    });
+}
+
+#[test]
 fn a_join_that_fails_halfway_removes_only_what_it_added() {
     in_new_netns(|| {
         let mut nl = Netlink::open().unwrap();
