@@ -22,12 +22,15 @@ readonly HERE
 readonly CACHE=${HUSK_NESTED_CACHE:-/var/cache/husk/nested}
 # What the initramfs loads, named as modprobe knows them; modprobe resolves
 # each one's dependencies into load order.
-readonly MODULES=(virtio_pci 9pnet_virtio 9p kvm_amd)
+# tun, veth and the tc pieces: the suite's network check (a tap joined to a
+# veth by ingress qdiscs, u32 filters and mirred redirects).
+readonly MODULES=(virtio_pci 9pnet_virtio 9p kvm_amd tun veth sch_ingress cls_u32 act_mirred)
 # kmod: depmod and modprobe resolve the load order; jq: the suite edits
 # OCI specs with it (inside L1, from the host root); python3: l1.sh reads
 # L1's monitor and names the addresses of a wedged L1 or a stuck guest;
-# procps: the suite finds husk's processes with pgrep.
-readonly DEPS=(kmod busybox-static cpio gzip qemu-system-x86 jq python3 procps)
+# procps: the suite finds husk's processes with pgrep; iproute2: its
+# network check makes namespaces and a veth pair.
+readonly DEPS=(kmod busybox-static cpio gzip qemu-system-x86 jq python3 procps iproute2)
 
 log() { printf 'nested: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
