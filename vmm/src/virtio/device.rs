@@ -3,7 +3,8 @@
 use std::io;
 use std::sync::Arc;
 
-use virtio_queue::Queue;
+use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -47,6 +48,49 @@ pub struct Activation {
     pub queues: Vec<ActiveQueue>,
     /// Raises interrupts towards the driver.
     pub interrupt: Arc<dyn VirtioInterrupt>,
+}
+
+impl Activation {
+    /// Turns `VIRTIO_RING_F_EVENT_IDX` handling on in every queue if the
+    /// driver accepted it (off otherwise), for devices that offer it.
+    pub fn apply_event_idx(&mut self) {
+        let event_idx = self.acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
+        for q in &mut self.queues {
+            q.queue.set_event_idx(event_idx);
+        }
+    }
+
+    /// Takes the queues at the indices `wanted` out of the activation, in
+    /// that order, dropping any other. The driver decides which queues it
+    /// sets up, so a missing one is an error, not a panic.
+    pub fn take_queues<const N: usize>(
+        &mut self,
+        wanted: [usize; N],
+    ) -> Result<[ActiveQueue; N], ActivateError> {
+        let mut found: [Option<ActiveQueue>; N] = std::array::from_fn(|_| None);
+        for q in self.queues.drain(..) {
+            let at = wanted.iter().position(|&w| w == usize::from(q.index));
+            if let Some(slot) = at.and_then(|at| found.get_mut(at)) {
+                *slot = Some(q);
+            }
+        }
+        if let Some((_, &missing)) = found.iter().zip(&wanted).find(|(q, _)| q.is_none()) {
+            return Err(ActivateError::MissingQueue(missing as u16));
+        }
+        Ok(found.map(|q| q.expect("every queue was found above")))
+    }
+}
+
+/// Serves a read of `data.len()` bytes at `offset` from a device's `config`
+/// space; bytes beyond it read as zero, as the spec requires.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, byte) in data.iter_mut().enumerate() {
+        *byte = usize::try_from(offset)
+            .ok()
+            .and_then(|o| o.checked_add(i))
+            .and_then(|at| config.get(at).copied())
+            .unwrap_or(0);
+    }
 }
 
 /// Why a device refused to start.

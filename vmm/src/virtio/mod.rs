@@ -9,9 +9,11 @@
 
 mod device;
 mod mmio;
+mod worker;
 
 pub use device::{
-    ActivateError, Activation, ActiveQueue, InterruptKind, VirtioDevice, VirtioInterrupt,
-    VirtioMemory,
+    read_config_bytes, ActivateError, Activation, ActiveQueue, InterruptKind, VirtioDevice,
+    VirtioInterrupt, VirtioMemory,
 };
 pub use mmio::{MmioInterrupt, MmioTransport, MMIO_MAGIC, MMIO_VERSION, QUEUE_NOTIFY_OFFSET};
+pub use worker::Worker;

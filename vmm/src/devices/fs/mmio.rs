@@ -8,26 +8,17 @@
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use virtio_bindings::virtio_ids::VIRTIO_ID_FS;
-use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-use virtio_queue::QueueT;
 use vm_memory::GuestAddressSpace;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::device::MAX_QUEUE_SIZE;
 use super::FsDevice;
 use crate::virtio::{
-    ActivateError, Activation, ActiveQueue, InterruptKind, VirtioDevice, VirtioInterrupt,
-    VirtioMemory,
+    read_config_bytes, ActivateError, Activation, ActiveQueue, InterruptKind, VirtioDevice,
+    VirtioInterrupt, VirtioMemory, Worker,
 };
-
-/// A running worker: its stop event and thread.
-struct Worker {
-    stop: EventFd,
-    thread: JoinHandle<()>,
-}
 
 /// The virtio-fs device, ready to be put behind an `MmioTransport`.
 pub struct FsMmioDevice {
@@ -62,45 +53,27 @@ impl VirtioDevice for FsMmioDevice {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let config = self.device.config_space();
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = usize::try_from(offset)
-                .ok()
-                .and_then(|o| o.checked_add(i))
-                .and_then(|at| config.get(at).copied())
-                .unwrap_or(0);
-        }
+        read_config_bytes(&self.device.config_space(), offset, data);
     }
 
-    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
+    fn activate(&mut self, mut activation: Activation) -> Result<(), ActivateError> {
         self.reset();
         // Without a request queue the device can do nothing.
         if !activation.queues.iter().any(|q| q.index >= 1) {
             return Err(ActivateError::MissingQueue(1));
         }
-        let event_idx = activation.acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
-        let mut queues = activation.queues;
-        for q in &mut queues {
-            q.queue.set_event_idx(event_idx);
-        }
-        let stop = EventFd::new(EFD_NONBLOCK).map_err(ActivateError::Backend)?;
-        let worker_stop = stop.try_clone().map_err(ActivateError::Backend)?;
+        activation.apply_event_idx();
         let device = self.device.clone();
-        let (mem, interrupt) = (activation.mem, activation.interrupt);
-        let thread = std::thread::Builder::new()
-            .name("husk-fs".into())
-            .spawn(move || serve(&device, queues, &mem, interrupt.as_ref(), &worker_stop))
-            .map_err(ActivateError::Backend)?;
-        self.worker = Some(Worker { stop, thread });
+        let (queues, mem, interrupt) = (activation.queues, activation.mem, activation.interrupt);
+        self.worker = Some(Worker::spawn("fs", move |stop| {
+            serve(&device, queues, &mem, interrupt.as_ref(), stop)
+        })?);
         Ok(())
     }
 
     fn reset(&mut self) {
         if let Some(worker) = self.worker.take() {
-            let _ = worker.stop.write(1);
-            if worker.thread.join().is_err() {
-                tracing::error!("virtio-fs worker panicked");
-            }
+            worker.stop();
         }
     }
 }

@@ -8,28 +8,20 @@
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::thread::JoinHandle;
 
-use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
-use virtio_queue::QueueT;
 use vm_memory::GuestAddressSpace;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::device::{NetDevice, NetStats, CONFIG_SPACE_LEN, NUM_QUEUES, RX_QUEUE, TX_QUEUE};
 use super::{Error, NetConfig, Tap};
 use crate::virtio::{
-    ActivateError, Activation, ActiveQueue, InterruptKind, VirtioDevice, VirtioInterrupt,
-    VirtioMemory,
+    read_config_bytes, ActivateError, Activation, ActiveQueue, InterruptKind, VirtioDevice,
+    VirtioInterrupt, VirtioMemory, Worker,
 };
 
 /// Queue size offered to the driver (Linux takes the maximum).
 const QUEUE_SIZE: u16 = 256;
-
-struct Worker {
-    stop: EventFd,
-    thread: JoinHandle<()>,
-}
 
 /// The net device, ready to be put behind an `MmioTransport`.
 pub struct NetMmioDevice {
@@ -77,51 +69,27 @@ impl VirtioDevice for NetMmioDevice {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = usize::try_from(offset)
-                .ok()
-                .and_then(|o| o.checked_add(i))
-                .and_then(|at| self.config.get(at).copied())
-                .unwrap_or(0);
-        }
+        read_config_bytes(&self.config, offset, data);
     }
 
-    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
+    fn activate(&mut self, mut activation: Activation) -> Result<(), ActivateError> {
         self.reset();
-        let event_idx = activation.acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
-        let mut rx = None;
-        let mut tx = None;
-        for mut q in activation.queues {
-            q.queue.set_event_idx(event_idx);
-            match usize::from(q.index) {
-                RX_QUEUE => rx = Some(q),
-                TX_QUEUE => tx = Some(q),
-                _ => {}
-            }
-        }
-        let rx = rx.ok_or(ActivateError::MissingQueue(RX_QUEUE as u16))?;
-        let tx = tx.ok_or(ActivateError::MissingQueue(TX_QUEUE as u16))?;
+        activation.apply_event_idx();
+        let [rx, tx] = activation.take_queues([RX_QUEUE, TX_QUEUE])?;
         self.device()
             .set_acked_features(activation.acked_features)
             .map_err(|e| ActivateError::Backend(io::Error::other(e.to_string())))?;
-        let stop = EventFd::new(EFD_NONBLOCK).map_err(ActivateError::Backend)?;
-        let worker_stop = stop.try_clone().map_err(ActivateError::Backend)?;
         let device = self.device.clone();
         let (mem, interrupt) = (activation.mem, activation.interrupt);
-        let thread = std::thread::Builder::new()
-            .name("husk-net".into())
-            .spawn(move || serve(&device, rx, tx, &mem, interrupt.as_ref(), &worker_stop))
-            .map_err(ActivateError::Backend)?;
-        self.worker = Some(Worker { stop, thread });
+        self.worker = Some(Worker::spawn("net", move |stop| {
+            serve(&device, rx, tx, &mem, interrupt.as_ref(), stop)
+        })?);
         Ok(())
     }
 
     fn reset(&mut self) {
         if let Some(worker) = self.worker.take() {
-            let _ = worker.stop.write(1);
-            if worker.thread.join().is_err() {
-                tracing::error!("virtio-net worker panicked");
-            }
+            worker.stop();
         }
         self.device().reset();
     }

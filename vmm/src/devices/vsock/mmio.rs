@@ -8,24 +8,18 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
 
 use vm_memory::GuestAddressSpace;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::device::{VsockDevice, NUM_QUEUES, RX_QUEUE, TX_QUEUE, VIRTIO_ID_VSOCK};
 use super::Error;
 use crate::virtio::{
-    ActivateError, Activation, ActiveQueue, InterruptKind, VirtioDevice, VirtioInterrupt,
-    VirtioMemory,
+    read_config_bytes, ActivateError, Activation, ActiveQueue, InterruptKind, VirtioDevice,
+    VirtioInterrupt, VirtioMemory, Worker,
 };
 
 const QUEUE_SIZE: u16 = 256;
-
-struct Worker {
-    stop: EventFd,
-    thread: JoinHandle<()>,
-}
 
 /// The vsock device, ready to be put behind an `MmioTransport`.
 pub struct VsockMmioDevice {
@@ -63,48 +57,24 @@ impl VirtioDevice for VsockMmioDevice {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let config = self.device().config_space();
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = usize::try_from(offset)
-                .ok()
-                .and_then(|o| o.checked_add(i))
-                .and_then(|at| config.get(at).copied())
-                .unwrap_or(0);
-        }
+        read_config_bytes(&self.device().config_space(), offset, data);
     }
 
-    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
+    fn activate(&mut self, mut activation: Activation) -> Result<(), ActivateError> {
         self.reset();
-        let mut rx = None;
-        let mut tx = None;
-        for q in activation.queues {
-            match usize::from(q.index) {
-                RX_QUEUE => rx = Some(q),
-                TX_QUEUE => tx = Some(q),
-                // The event queue only carries transport resets, which husk never sends.
-                _ => {}
-            }
-        }
-        let rx = rx.ok_or(ActivateError::MissingQueue(RX_QUEUE as u16))?;
-        let tx = tx.ok_or(ActivateError::MissingQueue(TX_QUEUE as u16))?;
-        let stop = EventFd::new(EFD_NONBLOCK).map_err(ActivateError::Backend)?;
-        let worker_stop = stop.try_clone().map_err(ActivateError::Backend)?;
+        // The event queue only carries transport resets, which husk never sends.
+        let [rx, tx] = activation.take_queues([RX_QUEUE, TX_QUEUE])?;
         let device = self.device.clone();
         let (mem, interrupt) = (activation.mem, activation.interrupt);
-        let thread = std::thread::Builder::new()
-            .name("husk-vsock".into())
-            .spawn(move || serve(&device, rx, tx, &mem, interrupt.as_ref(), &worker_stop))
-            .map_err(ActivateError::Backend)?;
-        self.worker = Some(Worker { stop, thread });
+        self.worker = Some(Worker::spawn("vsock", move |stop| {
+            serve(&device, rx, tx, &mem, interrupt.as_ref(), stop)
+        })?);
         Ok(())
     }
 
     fn reset(&mut self) {
         if let Some(worker) = self.worker.take() {
-            let _ = worker.stop.write(1);
-            if worker.thread.join().is_err() {
-                tracing::error!("virtio-vsock worker panicked");
-            }
+            worker.stop();
         }
         self.device().reset();
     }

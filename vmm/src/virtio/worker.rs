@@ -1,0 +1,45 @@
+//! The one worker thread a virtio-mmio device runs between activation and reset.
+//!
+//! Every builtin device serves its queues the same way: a thread that polls
+//! the queue notifiers, its own host-side fds and a stop eventfd. [`Worker`]
+//! owns that thread and the stop eventfd, so a device's `reset` (and `Drop`)
+//! is one [`Worker::stop`].
+
+use std::thread::JoinHandle;
+
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::ActivateError;
+
+/// A running device worker: its thread and the eventfd that tells it to stop.
+pub struct Worker {
+    kind: &'static str,
+    stop: EventFd,
+    thread: JoinHandle<()>,
+}
+
+impl Worker {
+    /// Spawns `serve` on a thread named `husk-<kind>`, handing it the stop
+    /// eventfd it must poll and return on once readable.
+    pub fn spawn<F>(kind: &'static str, serve: F) -> Result<Self, ActivateError>
+    where
+        F: FnOnce(&EventFd) + Send + 'static,
+    {
+        let stop = EventFd::new(EFD_NONBLOCK).map_err(ActivateError::Backend)?;
+        let worker_stop = stop.try_clone().map_err(ActivateError::Backend)?;
+        let thread = std::thread::Builder::new()
+            .name(format!("husk-{kind}"))
+            .spawn(move || serve(&worker_stop))
+            .map_err(ActivateError::Backend)?;
+        Ok(Worker { kind, stop, thread })
+    }
+
+    /// Tells the thread to stop and joins it. A panicked worker is logged,
+    /// not propagated: reset must leave the device ready for a new activation.
+    pub fn stop(self) {
+        let _ = self.stop.write(1);
+        if self.thread.join().is_err() {
+            tracing::error!("virtio-{} worker panicked", self.kind);
+        }
+    }
+}
