@@ -11,7 +11,9 @@
 //!    `Arc<RwLock<_>>`) with `Bitmap = ()` and `Vring = VringRwLock`. It
 //!    **must** return an `EventConsumer`/`EventNotifier` pair from
 //!    `exit_event` for every worker thread: without one the workers cannot
-//!    be told to exit and stopping would hang joining them.
+//!    be told to exit and stopping would hang joining them ([`ExitEvent`]
+//!    keeps one pair to hand out). [`config_slice`] and [`is_live`] are the
+//!    `get_config` and vring checks every device needs.
 //! 2. Implement [`ServedBackend`] to list the extra host-side fds the worker
 //!    thread must watch (each delivered to `handle_event` with its token; tokens
 //!    must be greater than `num_queues()`).
@@ -31,10 +33,14 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{getsockname, getsockopt, shutdown, sockopt, Shutdown, UnixAddr};
 use vhost::vhost_user::Listener;
 use vhost_user_backend::bitmap::BitmapReplace;
-use vhost_user_backend::{VhostUserBackend, VhostUserDaemon};
+use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock, VringT};
+use virtio_queue::QueueT;
 use vm_memory::mmap::NewBitmap;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// Errors starting a vhost-user server.
@@ -69,6 +75,48 @@ pub trait ServedBackend: VhostUserBackend + Clone + 'static {
     fn watched_fds(&self) -> Vec<(RawFd, EventSet, u16)> {
         Vec::new()
     }
+}
+
+/// The exit event of a backend with one worker thread: created once, so the
+/// daemon's `send_exit_event` reaches the consumer the worker waits on.
+pub struct ExitEvent {
+    consumer: EventConsumer,
+    notifier: EventNotifier,
+}
+
+impl ExitEvent {
+    /// A new non-blocking consumer/notifier pair.
+    pub fn new() -> io::Result<Self> {
+        let (consumer, notifier) = new_event_consumer_and_notifier(EventFlag::NONBLOCK)?;
+        Ok(ExitEvent { consumer, notifier })
+    }
+
+    /// What `VhostUserBackend::exit_event` returns: duplicates of the pair.
+    pub fn pair(&self) -> Option<(EventConsumer, EventNotifier)> {
+        Some((
+            self.consumer.try_clone().ok()?,
+            self.notifier.try_clone().ok()?,
+        ))
+    }
+}
+
+/// What `VhostUserBackend::get_config` returns for a device whose
+/// configuration space is `config`: the bytes from `offset` for `size`,
+/// cut short at its end (the frontend's values are not trusted).
+pub fn config_slice(config: &[u8], offset: u32, size: u32) -> Vec<u8> {
+    let start = (offset as usize).min(config.len());
+    let end = start.saturating_add(size as usize).min(config.len());
+    config
+        .get(start..end)
+        .map(<[u8]>::to_vec)
+        .unwrap_or_default()
+}
+
+/// Whether the frontend both started (kick set) and enabled `vring`; a
+/// backend must not touch a ring before.
+pub fn is_live(vring: &VringRwLock) -> bool {
+    let state = vring.get_ref();
+    state.is_enabled() && state.get_queue().ready()
 }
 
 /// What the serving thread and [`ServeHandle::stop`] share.

@@ -15,7 +15,7 @@ use vmm_sys_util::event::{
 
 use super::device::MAX_QUEUE_SIZE;
 use super::{FsConfig, FsDevice, FsError};
-use crate::vhost_user::{self, ServeHandle, ServedBackend};
+use crate::vhost_user::{self, config_slice, ServeHandle, ServedBackend};
 
 /// The virtio-fs device as a vhost-user backend. Cheap to clone (shared state).
 #[derive(Clone)]
@@ -59,13 +59,7 @@ impl VhostUserBackend for FsBackend {
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        let config = self.device.config_space();
-        let start = (offset as usize).min(config.len());
-        let end = start.saturating_add(size as usize).min(config.len());
-        config
-            .get(start..end)
-            .map(<[u8]>::to_vec)
-            .unwrap_or_default()
+        config_slice(&self.device.config_space(), offset, size)
     }
 
     fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {

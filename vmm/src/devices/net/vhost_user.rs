@@ -13,17 +13,14 @@ use std::sync::{Arc, RwLock};
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackendMut, VringRwLock, VringT};
-use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use super::device::{NetDevice, NUM_QUEUES, RX_QUEUE, TX_QUEUE};
 use super::relay::Relay;
 use super::{Error, NetConfig, Tap};
-use crate::vhost_user::{serve, ServeHandle, ServedBackend};
+use crate::vhost_user::{config_slice, is_live, serve, ExitEvent, ServeHandle, ServedBackend};
 
 /// The `handle_event` token of the device's host event fd.
 const HOST_EVENT: u16 = NUM_QUEUES as u16 + 1;
@@ -35,7 +32,7 @@ const QUEUE_SIZE: usize = 1024;
 pub struct NetBackend {
     device: NetDevice,
     mem: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
-    exit: (EventConsumer, EventNotifier),
+    exit: ExitEvent,
     /// Queues the guest broke stay stopped until the frontend resets.
     broken: [bool; NUM_QUEUES],
 }
@@ -43,7 +40,7 @@ pub struct NetBackend {
 impl NetBackend {
     /// Wraps `device`.
     pub fn new(device: NetDevice) -> Result<Self, Error> {
-        let exit = new_event_consumer_and_notifier(EventFlag::NONBLOCK).map_err(Error::Event)?;
+        let exit = ExitEvent::new().map_err(Error::Event)?;
         Ok(NetBackend {
             device,
             mem: None,
@@ -98,12 +95,6 @@ impl NetBackend {
     }
 }
 
-/// A vring the frontend both started (kick set) and enabled.
-fn is_live(vring: &VringRwLock) -> bool {
-    let state = vring.get_ref();
-    state.is_enabled() && state.get_queue().ready()
-}
-
 impl VhostUserBackendMut for NetBackend {
     type Bitmap = ();
     type Vring = VringRwLock;
@@ -141,13 +132,7 @@ impl VhostUserBackendMut for NetBackend {
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        let config = self.device.config_space();
-        let start = (offset as usize).min(config.len());
-        let end = start.saturating_add(size as usize).min(config.len());
-        config
-            .get(start..end)
-            .map(<[u8]>::to_vec)
-            .unwrap_or_default()
+        config_slice(&self.device.config_space(), offset, size)
     }
 
     fn update_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
@@ -156,7 +141,7 @@ impl VhostUserBackendMut for NetBackend {
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        Some((self.exit.0.try_clone().ok()?, self.exit.1.try_clone().ok()?))
+        self.exit.pair()
     }
 
     fn handle_event(

@@ -8,16 +8,13 @@ use std::sync::{Arc, RwLock};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackendMut, VringRwLock, VringT};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use super::device::{VsockDevice, NUM_QUEUES, RX_QUEUE, TX_QUEUE};
 use super::Error;
-use crate::vhost_user::{serve, ServeHandle, ServedBackend};
+use crate::vhost_user::{config_slice, is_live, serve, ExitEvent, ServeHandle, ServedBackend};
 
 /// `VHOST_USER_F_PROTOCOL_FEATURES`.
 const VHOST_USER_F_PROTOCOL_FEATURES: u32 = 30;
@@ -31,13 +28,13 @@ const QUEUE_SIZE: usize = 1024;
 pub struct VsockBackend {
     device: VsockDevice,
     mem: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
-    exit: (EventConsumer, EventNotifier),
+    exit: ExitEvent,
 }
 
 impl VsockBackend {
     /// Wraps `device`.
     pub fn new(device: VsockDevice) -> Result<Self, Error> {
-        let exit = new_event_consumer_and_notifier(EventFlag::NONBLOCK).map_err(Error::Event)?;
+        let exit = ExitEvent::new().map_err(Error::Event)?;
         Ok(VsockBackend {
             device,
             mem: None,
@@ -78,12 +75,6 @@ impl VsockBackend {
     }
 }
 
-/// A vring the frontend both started (kick set) and enabled.
-fn is_live(vring: &VringRwLock) -> bool {
-    let state = vring.get_ref();
-    state.is_enabled() && state.get_queue().ready()
-}
-
 impl VhostUserBackendMut for VsockBackend {
     type Bitmap = ();
     type Vring = VringRwLock;
@@ -111,13 +102,7 @@ impl VhostUserBackendMut for VsockBackend {
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        let config = self.device.config_space();
-        let start = (offset as usize).min(config.len());
-        let end = start.saturating_add(size as usize).min(config.len());
-        config
-            .get(start..end)
-            .map(<[u8]>::to_vec)
-            .unwrap_or_default()
+        config_slice(&self.device.config_space(), offset, size)
     }
 
     fn update_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
@@ -126,7 +111,7 @@ impl VhostUserBackendMut for VsockBackend {
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        Some((self.exit.0.try_clone().ok()?, self.exit.1.try_clone().ok()?))
+        self.exit.pair()
     }
 
     fn handle_event(
