@@ -11,6 +11,7 @@
 //! failed test) removes every container, stops both daemons by PID, reports
 //! what was left behind, and then removes that too.
 
+pub mod host;
 pub mod husk;
 pub mod leftovers;
 pub mod pty;
@@ -32,7 +33,6 @@ use nix::unistd::Pid;
 use sha2::{Digest, Sha256};
 
 use crate::netns::{self, NetNs};
-use crate::rootfs;
 
 /// The Docker CLI of Debian's docker.io (not whatever else is on PATH).
 pub const DOCKER: &str = "/usr/bin/docker";
@@ -110,6 +110,16 @@ impl Leftovers {
             && self.mounts.is_empty()
             && self.paths.is_empty()
             && self.network.is_empty()
+    }
+
+    /// Deletes the test's namespace `ns` (last: the daemons and containers
+    /// that ran in it are gone); one that stays is reported.
+    pub fn delete_namespace(&mut self, ns: NetNs) {
+        let name = ns.name().to_owned();
+        if let Err(e) = ns.delete() {
+            self.network
+                .push(format!("namespace {name} not deleted: {e:#}"));
+        }
     }
 }
 
@@ -289,19 +299,7 @@ impl DockerDaemon {
     /// `tag` with `docker import`.
     pub fn import_busybox(&self, tag: &str) -> Result<()> {
         let dir = self.root.join("busybox-rootfs");
-        let tarball = self.root.join("busybox-rootfs.tar");
-        rootfs::busybox(&dir).context("building the busybox rootfs")?;
-        let out = Command::new("tar")
-            .arg("-C")
-            .arg(&dir)
-            .arg("-cf")
-            .arg(&tarball)
-            .arg(".")
-            .output()
-            .context("running tar")?;
-        if !out.status.success() {
-            bail!("tar failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
+        let tarball = host::busybox_tarball(&dir)?;
         let path = tarball.to_string_lossy();
         let out = self.docker(&["import", &path, tag]);
         if !out.status.success() {
@@ -494,12 +492,7 @@ impl DockerDaemon {
             }
         }
         if let Some(ns) = self.netns.take() {
-            let name = ns.name().to_owned();
-            if let Err(e) = ns.delete() {
-                found
-                    .network
-                    .push(format!("namespace {name} not deleted: {e:#}"));
-            }
+            found.delete_namespace(ns);
         }
         found
     }
@@ -510,28 +503,15 @@ impl DockerDaemon {
     /// in this machine's namespace (read from /sys, nothing touched).
     fn network_leftovers(&self, processes: &[leftovers::Process]) -> Vec<String> {
         let mut found = Vec::new();
-        let describe = |ns: &Path, what: &str| -> Vec<String> {
-            let mut found = match netns::husk_taps_in(ns) {
-                Ok(taps) => taps
-                    .into_iter()
-                    .map(|t| format!("tap {t} in {what}"))
-                    .collect(),
-                Err(e) => vec![format!("cannot list the links of {what}: {e:#}")],
-            };
-            if let Ok(tc) = netns::tc_state_in(ns) {
-                found.extend(tc.into_iter().map(|t| format!("tc in {what}: {t}")));
-            }
-            found
-        };
         if let Some(ns) = &self.netns {
-            found.extend(describe(
+            found.extend(netns::husk_state_in(
                 &ns.path(),
                 &format!("the test namespace {}", ns.name()),
             ));
         }
         for p in processes {
             let ns = PathBuf::from(format!("/proc/{}/ns/net", p.pid));
-            found.extend(describe(
+            found.extend(netns::husk_state_in(
                 &ns,
                 &format!("the namespace of leftover pid {}", p.pid),
             ));
@@ -539,7 +519,7 @@ impl DockerDaemon {
         if let Ok(entries) = std::fs::read_dir(self.root.join("exec/netns")) {
             for entry in entries.flatten() {
                 let path = entry.path();
-                found.extend(describe(&path, &path.display().to_string()));
+                found.extend(netns::husk_state_in(&path, &path.display().to_string()));
                 found.push(format!("container namespace {}", path.display()));
             }
         }
@@ -576,14 +556,7 @@ impl DockerDaemon {
 
     /// What is left once the shims had [`SETTLE_TIMEOUT`] to exit.
     fn find_leftovers(&self, ids: &[String], markers: &[String]) -> Leftovers {
-        let deadline = Instant::now() + SETTLE_TIMEOUT;
-        let processes = loop {
-            let found = leftovers::processes(markers);
-            if found.is_empty() || Instant::now() >= deadline {
-                break found;
-            }
-            thread::sleep(Duration::from_millis(100));
-        };
+        let processes = leftovers::settled_processes(markers, SETTLE_TIMEOUT);
         let mut paths = Vec::new();
         for dir in &self.state_dirs {
             paths.extend(leftovers::entries_named(dir, ids, STATE_DEPTH));
@@ -685,29 +658,7 @@ fn ensure_installed() -> Result<()> {
         return Ok(());
     }
     eprintln!("installing {} from Debian", PACKAGES.join(" "));
-    let apt = |args: &[&str]| -> Result<()> {
-        let out = timed::output(
-            Command::new("apt-get")
-                .args(args)
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .stdin(Stdio::null()),
-            Duration::from_secs(900),
-        )
-        .context("running apt-get")?
-        .map_err(|_| anyhow::anyhow!("apt-get {} timed out", args.join(" ")))?;
-        if !out.status.success() {
-            bail!(
-                "apt-get {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(())
-    };
-    apt(&["update", "-q"])?;
-    let mut install = vec!["install", "-y", "-q", "--no-install-recommends"];
-    install.extend(PACKAGES);
-    apt(&install)?;
+    host::apt_install(&PACKAGES)?;
     if let Some(missing) = needed.clone().find(|p| !p.exists()) {
         bail!(
             "{} is still missing after installing {PACKAGES:?}",
@@ -791,16 +742,7 @@ fn stop(child: Option<Child>, name: &str) {
 /// overlay2 wherever the kernel has overlayfs and `dir` is not itself on
 /// overlayfs (where overlay2 cannot stack); vfs (full copies) otherwise.
 fn storage_driver(dir: &Path) -> &'static str {
-    let on_overlay = nix::sys::statfs::statfs(dir)
-        .map(|s| s.filesystem_type() == nix::sys::statfs::OVERLAYFS_SUPER_MAGIC)
-        .unwrap_or(false);
-    let has_overlay = std::fs::read_to_string("/proc/filesystems")
-        .map(|t| {
-            t.lines()
-                .any(|l| l.split_whitespace().last() == Some("overlay"))
-        })
-        .unwrap_or(false);
-    if has_overlay && !on_overlay {
+    if host::overlay_usable(dir) {
         "overlay2"
     } else {
         eprintln!("{} cannot hold overlay2: dockerd uses vfs", dir.display());

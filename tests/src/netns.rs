@@ -258,6 +258,23 @@ pub fn husk_taps_in(ns: &Path) -> Result<Vec<String>> {
         .collect())
 }
 
+/// What husk may leave in the namespace of the file `ns`, one line each,
+/// naming it `what`: its `husktap*` links and tc state (or why its links
+/// could not be listed).
+pub fn husk_state_in(ns: &Path, what: &str) -> Vec<String> {
+    let mut found = match husk_taps_in(ns) {
+        Ok(taps) => taps
+            .into_iter()
+            .map(|t| format!("tap {t} in {what}"))
+            .collect(),
+        Err(e) => vec![format!("cannot list the links of {what}: {e:#}")],
+    };
+    if let Ok(tc) = tc_state_in(ns) {
+        found.extend(tc.into_iter().map(|t| format!("tc in {what}: {t}")));
+    }
+    found
+}
+
 /// [`NetNs::tc_state`] for the namespace of the file `ns`.
 pub fn tc_state_in(ns: &Path) -> Result<Vec<String>> {
     let links = parse_links(&in_netns(ns, "ip", &["-o", "link", "show"])?);

@@ -17,15 +17,14 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::docker::{leftovers, timed, Leftovers, Runtime};
+use crate::docker::{host, leftovers, timed, Leftovers, Runtime};
 use crate::netns::{self, NetNs};
-use crate::rootfs;
 
 /// Debian's podman.
 pub const PODMAN: &str = "/usr/bin/podman";
@@ -157,19 +156,7 @@ impl Podman {
     /// `tag` with `podman import`.
     pub fn import_busybox(&self, tag: &str) -> Result<()> {
         let dir = self.root.join("busybox-rootfs");
-        let tarball = self.root.join("busybox-rootfs.tar");
-        rootfs::busybox(&dir).context("building the busybox rootfs")?;
-        let out = Command::new("tar")
-            .arg("-C")
-            .arg(&dir)
-            .arg("-cf")
-            .arg(&tarball)
-            .arg(".")
-            .output()
-            .context("running tar")?;
-        if !out.status.success() {
-            bail!("tar failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
+        let tarball = host::busybox_tarball(&dir)?;
         let out = self.podman(&["import", &tarball.to_string_lossy(), tag]);
         if !out.status.success() {
             bail!(
@@ -228,7 +215,7 @@ impl Podman {
         for dir in ["storage", "run", "tmp", "networks"] {
             std::fs::create_dir_all(self.root.join(dir))?;
         }
-        let driver = if overlay_usable(&self.root) {
+        let driver = if host::overlay_usable(&self.root) {
             "overlay"
         } else {
             "vfs"
@@ -270,29 +257,10 @@ impl Podman {
             self.root.to_string_lossy().into_owned(),
             self.cgroup_parent.clone(),
         ];
-        let deadline = Instant::now() + SETTLE_TIMEOUT;
-        let processes = loop {
-            let found = leftovers::processes(&markers);
-            if found.is_empty() || Instant::now() >= deadline {
-                break found;
-            }
-            thread::sleep(Duration::from_millis(100));
-        };
+        let processes = leftovers::settled_processes(&markers, SETTLE_TIMEOUT);
         let mut network = Vec::new();
         if let Some(ns) = &self.netns {
-            match netns::husk_taps_in(&ns.path()) {
-                Ok(taps) => network.extend(
-                    taps.into_iter()
-                        .map(|t| format!("tap {t} in {}", ns.name())),
-                ),
-                Err(e) => network.push(format!("cannot list {}'s links: {e:#}", ns.name())),
-            }
-            network.extend(
-                ns.tc_state()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|t| format!("tc in {}: {t}", ns.name())),
-            );
+            network.extend(netns::husk_state_in(&ns.path(), ns.name()));
         }
         for p in &processes {
             let ns = PathBuf::from(format!("/proc/{}/ns/net", p.pid));
@@ -366,12 +334,7 @@ impl Podman {
             }
         }
         if let Some(ns) = self.netns.take() {
-            let name = ns.name().to_owned();
-            if let Err(e) = ns.delete() {
-                found
-                    .network
-                    .push(format!("namespace {name} not deleted: {e:#}"));
-            }
+            found.delete_namespace(ns);
         }
         found
     }
@@ -435,21 +398,6 @@ fn podman_namespaces() -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
-/// Whether containers/storage's overlay driver can work in `dir`: the
-/// kernel has overlayfs and `dir` is not on overlayfs itself.
-fn overlay_usable(dir: &Path) -> bool {
-    let on_overlay = nix::sys::statfs::statfs(dir)
-        .map(|s| s.filesystem_type() == nix::sys::statfs::OVERLAYFS_SUPER_MAGIC)
-        .unwrap_or(false);
-    let has_overlay = std::fs::read_to_string("/proc/filesystems")
-        .map(|t| {
-            t.lines()
-                .any(|l| l.split_whitespace().last() == Some("overlay"))
-        })
-        .unwrap_or(false);
-    has_overlay && !on_overlay
-}
-
 /// Installs [`PACKAGES`] from Debian when podman or netavark is missing.
 fn ensure_installed() -> Result<()> {
     let needed = [PODMAN, "/usr/lib/podman/netavark", "/usr/bin/conmon"];
@@ -457,32 +405,7 @@ fn ensure_installed() -> Result<()> {
         return Ok(());
     }
     eprintln!("installing {} from Debian", PACKAGES.join(" "));
-    for args in [
-        vec!["update", "-q"],
-        [
-            &["install", "-y", "-q", "--no-install-recommends"][..],
-            &PACKAGES[..],
-        ]
-        .concat(),
-    ] {
-        let out = timed::output(
-            Command::new("apt-get")
-                .args(&args)
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .stdin(Stdio::null()),
-            Duration::from_secs(900),
-        )
-        .context("running apt-get")?
-        .map_err(|_| anyhow::anyhow!("apt-get {} timed out", args.join(" ")))?;
-        if !out.status.success() {
-            bail!(
-                "apt-get {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-    }
-    Ok(())
+    host::apt_install(&PACKAGES)
 }
 
 #[cfg(test)]

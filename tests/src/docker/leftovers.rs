@@ -5,6 +5,8 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
 
 /// A process that mentions a marker in its command line, environment,
 /// working directory or cgroup.
@@ -40,6 +42,19 @@ pub fn processes(markers: &[String]) -> Vec<Process> {
         .collect();
     found.sort_by_key(|p| p.pid);
     found
+}
+
+/// [`processes`] once they had until `timeout` to exit by themselves:
+/// shims and conmon linger a moment after their container is removed.
+pub fn settled_processes(markers: &[String], timeout: Duration) -> Vec<Process> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let found = processes(markers);
+        if found.is_empty() || Instant::now() >= deadline {
+            return found;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn inspect(pid: i32, markers: &[String]) -> Option<Process> {
