@@ -4,7 +4,9 @@
 //! Builds test payloads: assembles `vmm/tests/payloads/<name>.S` with
 //! binutils into a flat image linked at [`LOAD_ADDR`], and wraps it as a
 //! minimal ELF vmlinux (64-bit entry or PVH note) or bzImage in a temp file.
-//! Also counts the VMM's vCPU threads, so tests can prove none is left.
+//! Also counts the VMM's vCPU threads, so tests can prove none is left, and
+//! plays the driver's side of a split virtqueue ([`DriverQueue`]) for the
+//! device tests.
 //!
 //! Test code: it panics on failure instead of returning errors.
 
@@ -12,6 +14,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 /// Where payloads are linked and loaded (the kernel's usual 1 MiB).
 pub const LOAD_ADDR: u64 = 0x10_0000;
@@ -254,4 +260,123 @@ pub fn u32_at(bytes: &[u8], at: usize) -> u32 {
 /// The little-endian u64 a payload reported at `at` of its output.
 pub fn u64_at(bytes: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap())
+}
+
+/// Entries in a [`DriverQueue`].
+pub const QUEUE_SIZE: u16 = 256;
+
+/// One descriptor as the driver writes it: (addr, len, flags, next).
+pub type Descriptor = (u64, u32, u16, u16);
+
+/// The driver's side of one split queue of [`QUEUE_SIZE`] entries at `base`
+/// in guest memory, for device tests without a VM: it posts descriptor
+/// chains the way Linux's virtio drivers do (and the ways a hostile one
+/// might) and reads back what the device used.
+pub struct DriverQueue {
+    base: u64,
+    next_desc: u16,
+    avail_idx: u16,
+    used_seen: u16,
+}
+
+impl DriverQueue {
+    /// An empty queue: descriptor table at `base`, rings right after it.
+    pub fn new(base: u64) -> Self {
+        DriverQueue {
+            base,
+            next_desc: 0,
+            avail_idx: 0,
+            used_seen: 0,
+        }
+    }
+
+    /// Where the available ring is.
+    pub fn avail(&self) -> u64 {
+        self.base + 16 * u64::from(QUEUE_SIZE)
+    }
+
+    /// Where the used ring is (4-byte aligned after the available ring).
+    pub fn used(&self) -> u64 {
+        (self.avail() + 6 + 2 * u64::from(QUEUE_SIZE) + 3) & !3
+    }
+
+    /// The next free descriptor slot.
+    pub fn next_desc(&self) -> u16 {
+        self.next_desc
+    }
+
+    /// The device's view of this queue, configured and ready.
+    pub fn queue(&self) -> Queue {
+        let mut q = Queue::new(QUEUE_SIZE).unwrap();
+        q.set_size(QUEUE_SIZE);
+        q.set_desc_table_address(Some(self.base as u32), Some(0));
+        q.set_avail_ring_address(Some(self.avail() as u32), Some(0));
+        q.set_used_ring_address(Some(self.used() as u32), Some(0));
+        q.set_ready(true);
+        q
+    }
+
+    /// Writes raw descriptors at the next free slots and publishes the
+    /// first of them as a chain head, which it returns.
+    pub fn publish_raw(&mut self, mem: &GuestMemoryMmap, descs: &[Descriptor]) -> u16 {
+        let head = self.next_desc;
+        for (i, &desc) in descs.iter().enumerate() {
+            write_descriptor(mem, self.base, (head + i as u16) % QUEUE_SIZE, desc);
+        }
+        self.next_desc = (head + descs.len() as u16) % QUEUE_SIZE;
+        self.publish_head(mem, head);
+        head
+    }
+
+    /// Puts `head` (any value, valid or not) in the available ring.
+    pub fn publish_head(&mut self, mem: &GuestMemoryMmap, head: u16) {
+        let ring = self.avail() + 4 + 2 * u64::from(self.avail_idx % QUEUE_SIZE);
+        mem.write_obj(head, GuestAddress(ring)).unwrap();
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        mem.write_obj(self.avail_idx, GuestAddress(self.avail() + 2))
+            .unwrap();
+    }
+
+    /// Publishes a well-formed chain of (addr, len) buffers, device-writable
+    /// if `write`.
+    pub fn publish(&mut self, mem: &GuestMemoryMmap, bufs: &[(u64, u32)], write: bool) -> u16 {
+        let head = self.next_desc;
+        let descs: Vec<_> = bufs
+            .iter()
+            .enumerate()
+            .map(|(i, &(addr, len))| {
+                let mut flags = if write { VRING_DESC_F_WRITE as u16 } else { 0 };
+                if i + 1 < bufs.len() {
+                    flags |= VRING_DESC_F_NEXT as u16;
+                }
+                (addr, len, flags, (head + i as u16 + 1) % QUEUE_SIZE)
+            })
+            .collect();
+        self.publish_raw(mem, &descs)
+    }
+
+    /// New used entries as (head, len).
+    pub fn take_used(&mut self, mem: &GuestMemoryMmap) -> Vec<(u16, u32)> {
+        let idx: u16 = mem.read_obj(GuestAddress(self.used() + 2)).unwrap();
+        let mut out = Vec::new();
+        while self.used_seen != idx {
+            let at = self.used() + 4 + 8 * u64::from(self.used_seen % QUEUE_SIZE);
+            let id: u32 = mem.read_obj(GuestAddress(at)).unwrap();
+            let len: u32 = mem.read_obj(GuestAddress(at + 4)).unwrap();
+            out.push((id as u16, len));
+            self.used_seen = self.used_seen.wrapping_add(1);
+        }
+        out
+    }
+}
+
+/// Writes `desc` in slot `slot` of the descriptor table at `table` (a
+/// queue's own, or an indirect one).
+pub fn write_descriptor(mem: &GuestMemoryMmap, table: u64, slot: u16, desc: Descriptor) {
+    let (addr, len, flags, next) = desc;
+    let at = table + 16 * u64::from(slot);
+    mem.write_obj(addr, GuestAddress(at)).unwrap();
+    mem.write_obj(len, GuestAddress(at + 8)).unwrap();
+    mem.write_obj(flags, GuestAddress(at + 12)).unwrap();
+    mem.write_obj(next, GuestAddress(at + 14)).unwrap();
 }

@@ -19,116 +19,19 @@ use virtio_bindings::bindings::virtio_net::{
 use virtio_bindings::bindings::virtio_ring::{
     VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
 };
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::device::offloads_for;
 use super::{Error, NetConfig, NetDevice, Tap, CONFIG_SPACE_LEN, VNET_HDR_LEN};
+use crate::test_support::{write_descriptor, DriverQueue, QUEUE_SIZE as QSIZE};
 
-const QSIZE: u16 = 256;
 const MEM_SIZE: usize = 8 << 20;
 /// Where test buffers live (the rings are below).
 const BUFS: u64 = 0x10_0000;
 const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 /// A local experimental EtherType: nothing in the kernel answers it.
 const ETHERTYPE: [u8; 2] = [0x88, 0xb5];
-
-/// The driver's side of one split queue at `base`.
-struct DriverQueue {
-    base: u64,
-    next_desc: u16,
-    avail_idx: u16,
-    used_seen: u16,
-}
-
-impl DriverQueue {
-    fn new(base: u64) -> Self {
-        DriverQueue {
-            base,
-            next_desc: 0,
-            avail_idx: 0,
-            used_seen: 0,
-        }
-    }
-    fn avail(&self) -> u64 {
-        self.base + 16 * u64::from(QSIZE)
-    }
-    fn used(&self) -> u64 {
-        (self.avail() + 6 + 2 * u64::from(QSIZE) + 3) & !3
-    }
-
-    fn queue(&self) -> Queue {
-        let mut q = Queue::new(QSIZE).unwrap();
-        q.set_size(QSIZE);
-        q.set_desc_table_address(Some(self.base as u32), Some(0));
-        q.set_avail_ring_address(Some(self.avail() as u32), Some(0));
-        q.set_used_ring_address(Some(self.used() as u32), Some(0));
-        q.set_ready(true);
-        q
-    }
-
-    /// Writes raw descriptors (addr, len, flags, next) at the next free
-    /// slots and publishes `head` (the first of them unless overridden).
-    fn publish_raw(
-        &mut self,
-        mem: &GuestMemoryMmap,
-        descs: &[(u64, u32, u16, u16)],
-        head: Option<u16>,
-    ) -> u16 {
-        let first = self.next_desc;
-        for (i, &(addr, len, flags, next)) in descs.iter().enumerate() {
-            let slot = (first + i as u16) % QSIZE;
-            let at = self.base + 16 * u64::from(slot);
-            mem.write_obj(addr, GuestAddress(at)).unwrap();
-            mem.write_obj(len, GuestAddress(at + 8)).unwrap();
-            mem.write_obj(flags, GuestAddress(at + 12)).unwrap();
-            mem.write_obj(next, GuestAddress(at + 14)).unwrap();
-        }
-        self.next_desc = (first + descs.len() as u16) % QSIZE;
-        let head = head.unwrap_or(first);
-        self.publish_head(mem, head);
-        head
-    }
-
-    fn publish_head(&mut self, mem: &GuestMemoryMmap, head: u16) {
-        let ring = self.avail() + 4 + 2 * u64::from(self.avail_idx % QSIZE);
-        mem.write_obj(head, GuestAddress(ring)).unwrap();
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        mem.write_obj(self.avail_idx, GuestAddress(self.avail() + 2))
-            .unwrap();
-    }
-
-    /// Publishes a well-formed chain of (addr, len) buffers.
-    fn publish(&mut self, mem: &GuestMemoryMmap, bufs: &[(u64, u32)], write: bool) -> u16 {
-        let first = self.next_desc;
-        let descs: Vec<_> = bufs
-            .iter()
-            .enumerate()
-            .map(|(i, &(addr, len))| {
-                let mut flags = if write { VRING_DESC_F_WRITE as u16 } else { 0 };
-                if i + 1 < bufs.len() {
-                    flags |= VRING_DESC_F_NEXT as u16;
-                }
-                (addr, len, flags, (first + i as u16 + 1) % QSIZE)
-            })
-            .collect();
-        self.publish_raw(mem, &descs, None)
-    }
-
-    /// New used entries as (head, len).
-    fn take_used(&mut self, mem: &GuestMemoryMmap) -> Vec<(u16, u32)> {
-        let idx: u16 = mem.read_obj(GuestAddress(self.used() + 2)).unwrap();
-        let mut out = Vec::new();
-        while self.used_seen != idx {
-            let at = self.used() + 4 + 8 * u64::from(self.used_seen % QSIZE);
-            let id: u32 = mem.read_obj(GuestAddress(at)).unwrap();
-            let len: u32 = mem.read_obj(GuestAddress(at + 4)).unwrap();
-            out.push((id as u16, len));
-            self.used_seen = self.used_seen.wrapping_add(1);
-        }
-        out
-    }
-}
 
 fn memory() -> GuestMemoryMmap {
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap()
@@ -491,20 +394,14 @@ fn tx_through_an_indirect_table() {
     mem.write_slice(&f, GuestAddress(BUFS + 0x1000)).unwrap();
     // The indirect table: two descriptors.
     let table = BUFS + 0x8000;
-    for (i, (addr, len, flags, next)) in [
-        (BUFS, VNET_HDR_LEN as u32, VRING_DESC_F_NEXT as u16, 1u16),
-        (BUFS + 0x1000, f.len() as u32, 0, 0),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let at = table + 16 * i as u64;
-        mem.write_obj(addr, GuestAddress(at)).unwrap();
-        mem.write_obj(len, GuestAddress(at + 8)).unwrap();
-        mem.write_obj(flags, GuestAddress(at + 12)).unwrap();
-        mem.write_obj(next, GuestAddress(at + 14)).unwrap();
-    }
-    let head = drv.publish_raw(&mem, &[(table, 32, VRING_DESC_F_INDIRECT as u16, 0)], None);
+    write_descriptor(
+        &mem,
+        table,
+        0,
+        (BUFS, VNET_HDR_LEN as u32, VRING_DESC_F_NEXT as u16, 1),
+    );
+    write_descriptor(&mem, table, 1, (BUFS + 0x1000, f.len() as u32, 0, 0));
+    let head = drv.publish_raw(&mem, &[(table, 32, VRING_DESC_F_INDIRECT as u16, 0)]);
     dev.process_tx(&mem, &mut txq).unwrap();
     assert_eq!(drv.take_used(&mem), [(head, 0)]);
     assert_eq!(peer.recv().as_deref(), Some(&f[..]));
@@ -532,7 +429,7 @@ fn hostile_tx_chains_are_refused_and_the_queue_keeps_working() {
 
     let heads = vec![
         // A device-writable descriptor in a TX chain.
-        drv.publish_raw(&mem, &[(BUFS, len, write, 0)], None),
+        drv.publish_raw(&mem, &[(BUFS, len, write, 0)]),
         // Longer than any frame: 2 x 40 KiB.
         drv.publish(&mem, &[(BUFS, 40 << 10), (BUFS, 40 << 10)], false),
         // Outside guest memory, and straddling its end.
@@ -540,11 +437,11 @@ fn hostile_tx_chains_are_refused_and_the_queue_keeps_working() {
         drv.publish(&mem, &[(MEM_SIZE as u64 - 8, len)], false),
         // A loop: the descriptor names itself as next.
         {
-            let me = drv.next_desc;
-            drv.publish_raw(&mem, &[(BUFS, len, next, me)], None)
+            let me = drv.next_desc();
+            drv.publish_raw(&mem, &[(BUFS, len, next, me)])
         },
         // Next out of the table.
-        drv.publish_raw(&mem, &[(BUFS, len, next, 999)], None),
+        drv.publish_raw(&mem, &[(BUFS, len, next, 999)]),
         // Shorter than a header, and a header without an Ethernet header.
         drv.publish(&mem, &[(BUFS, 6)], false),
         drv.publish(&mem, &[(BUFS, VNET_HDR_LEN as u32 + 4)], false),
@@ -737,8 +634,8 @@ fn hostile_rx_chains_are_returned_empty_and_the_frame_goes_to_a_good_one() {
         drv.publish(&mem, &[(MEM_SIZE as u64 - 100, 2048)], true),
         // A loop.
         {
-            let me = drv.next_desc;
-            drv.publish_raw(&mem, &[(BUFS, 2048, write | next, me)], None)
+            let me = drv.next_desc();
+            drv.publish_raw(&mem, &[(BUFS, 2048, write | next, me)])
         },
         // No bytes at all.
         drv.publish(&mem, &[(BUFS, 0)], true),

@@ -8,96 +8,17 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use virtio_queue::Queue;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::muxer::{MAX_CONNECT_LINE, MAX_HANDSHAKES};
 use super::packet::{Header, Op, HEADER_LEN, HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
 use super::VsockDevice;
+use crate::test_support::{DriverQueue, QUEUE_SIZE as QSIZE};
 
 const CID: u64 = 3;
-const QSIZE: u16 = 256;
 const MEM_SIZE: usize = 32 << 20;
 const RX_BUF: u32 = 4096;
-
-/// The driver's side of one split queue.
-struct DriverQueue {
-    base: u64,
-    next_desc: u16,
-    avail_idx: u16,
-    used_seen: u16,
-}
-
-impl DriverQueue {
-    fn avail(&self) -> u64 {
-        self.base + 16 * u64::from(QSIZE)
-    }
-    fn used(&self) -> u64 {
-        (self.avail() + 6 + 2 * u64::from(QSIZE) + 3) & !3
-    }
-
-    fn queue(&self) -> Queue {
-        let mut q = Queue::new(QSIZE).unwrap();
-        q.set_size(QSIZE);
-        q.set_desc_table_address(Some(self.base as u32), Some(0));
-        q.set_avail_ring_address(Some(self.avail() as u32), Some(0));
-        q.set_used_ring_address(Some(self.used() as u32), Some(0));
-        q.set_ready(true);
-        q
-    }
-
-    /// Writes raw descriptors (addr, len, flags, next) and publishes the first as a chain head.
-    fn publish_raw(&mut self, mem: &GuestMemoryMmap, descs: &[(u64, u32, u16, u16)]) -> u16 {
-        let head = self.next_desc;
-        for (i, &(addr, len, flags, next)) in descs.iter().enumerate() {
-            let slot = (head + i as u16) % QSIZE;
-            let at = GuestAddress(self.base + 16 * u64::from(slot));
-            mem.write_obj(addr, at).unwrap();
-            mem.write_obj(len, at.unchecked_add(8)).unwrap();
-            mem.write_obj(flags, at.unchecked_add(12)).unwrap();
-            mem.write_obj(next, at.unchecked_add(14)).unwrap();
-        }
-        self.next_desc = (head + descs.len() as u16) % QSIZE;
-        let ring = self.avail() + 4 + 2 * u64::from(self.avail_idx % QSIZE);
-        mem.write_obj(head, GuestAddress(ring)).unwrap();
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        mem.write_obj(self.avail_idx, GuestAddress(self.avail() + 2))
-            .unwrap();
-        head
-    }
-
-    /// Publishes a well-formed chain of (addr, len) buffers.
-    fn publish(&mut self, mem: &GuestMemoryMmap, bufs: &[(u64, u32)], write: bool) -> u16 {
-        let head = self.next_desc;
-        let descs: Vec<_> = bufs
-            .iter()
-            .enumerate()
-            .map(|(i, &(addr, len))| {
-                let mut flags = if write { VRING_DESC_F_WRITE as u16 } else { 0 };
-                let next = (head + i as u16 + 1) % QSIZE;
-                if i + 1 < bufs.len() {
-                    flags |= VRING_DESC_F_NEXT as u16;
-                }
-                (addr, len, flags, next)
-            })
-            .collect();
-        self.publish_raw(mem, &descs)
-    }
-
-    /// New used entries as (head, len).
-    fn take_used(&mut self, mem: &GuestMemoryMmap) -> Vec<(u16, u32)> {
-        let idx: u16 = mem.read_obj(GuestAddress(self.used() + 2)).unwrap();
-        let mut out = Vec::new();
-        while self.used_seen != idx {
-            let at = self.used() + 4 + 8 * u64::from(self.used_seen % QSIZE);
-            let id: u32 = mem.read_obj(GuestAddress(at)).unwrap();
-            let len: u32 = mem.read_obj(GuestAddress(at + 4)).unwrap();
-            out.push((id as u16, len));
-            self.used_seen = self.used_seen.wrapping_add(1);
-        }
-        out
-    }
-}
 
 fn header_bytes(h: &Header) -> Vec<u8> {
     let mut b = Vec::with_capacity(HEADER_LEN as usize);
@@ -165,18 +86,8 @@ impl Harness {
         let uds = dir.path().join("vsock.sock");
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
         let dev = VsockDevice::new(CID, &uds).unwrap();
-        let rxd = DriverQueue {
-            base: 0x1_0000,
-            next_desc: 0,
-            avail_idx: 0,
-            used_seen: 0,
-        };
-        let txd = DriverQueue {
-            base: 0x2_0000,
-            next_desc: 0,
-            avail_idx: 0,
-            used_seen: 0,
-        };
+        let rxd = DriverQueue::new(0x1_0000);
+        let txd = DriverQueue::new(0x2_0000);
         let (rx, tx) = (rxd.queue(), txd.queue());
         Harness {
             _dir: dir,
@@ -592,7 +503,7 @@ fn malformed_tx_chains_are_returned_and_harmless() {
     let w = VRING_DESC_F_WRITE as u16;
     let n = VRING_DESC_F_NEXT as u16;
     let outside = MEM_SIZE as u64 + 0x1000;
-    let next = |d: &DriverQueue, k: u16| (d.next_desc + k) % QSIZE;
+    let next = |d: &DriverQueue, k: u16| (d.next_desc() + k) % QSIZE;
     let chains: Vec<Vec<(u64, u32, u16, u16)>> = vec![
         vec![(hdr_at, 0, 0, 0)],                                    // zero length
         vec![(hdr_at, HEADER_LEN, w, 0)],                           // device-writable TX buffer
@@ -610,7 +521,7 @@ fn malformed_tx_chains_are_returned_and_harmless() {
         h.kick_tx();
     }
     // A loop: the descriptor's next points at itself.
-    let me = h.txd.next_desc;
+    let me = h.txd.next_desc();
     let mut looped = guest_hdr(Op::CreditUpdate, 1024, hp);
     looped.len = 0;
     h.mem
@@ -622,7 +533,7 @@ fn malformed_tx_chains_are_returned_and_harmless() {
     let ro = h.alloc(4096);
     h.rxd.publish_raw(&h.mem, &[(ro, HEADER_LEN + 16, 0, 0)]);
     h.rx_bufs
-        .insert(h.rxd.next_desc.wrapping_sub(1) % QSIZE, ro);
+        .insert(h.rxd.next_desc().wrapping_sub(1) % QSIZE, ro);
     h.dev.process_rx(&h.mem, &mut h.rx);
 
     // The connection still works.
@@ -772,18 +683,8 @@ mod mmio_face {
         assert_eq!(past_end, [0, 0, 0, 0]);
 
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
-        let mut rxd = DriverQueue {
-            base: 0x1_0000,
-            next_desc: 0,
-            avail_idx: 0,
-            used_seen: 0,
-        };
-        let txd = DriverQueue {
-            base: 0x2_0000,
-            next_desc: 0,
-            avail_idx: 0,
-            used_seen: 0,
-        };
+        let mut rxd = DriverQueue::new(0x1_0000);
+        let txd = DriverQueue::new(0x2_0000);
         let rx_kick = EventFd::new(0).unwrap();
         let queues = vec![
             ActiveQueue {
@@ -827,12 +728,7 @@ mod mmio_face {
         let dir = tempfile::tempdir().unwrap();
         let mut dev = VsockMmioDevice::new(CID, &dir.path().join("s")).unwrap();
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-        let rxd = DriverQueue {
-            base: 0x1_0000,
-            next_desc: 0,
-            avail_idx: 0,
-            used_seen: 0,
-        };
+        let rxd = DriverQueue::new(0x1_0000);
         let (send, _irqs) = mpsc::channel();
         let result = dev.activate(Activation {
             mem: GuestMemoryAtomic::new(mem),
