@@ -16,4 +16,4 @@ pub use device::{
     VirtioInterrupt, VirtioMemory,
 };
 pub use mmio::{MmioInterrupt, MmioTransport, MMIO_MAGIC, MMIO_VERSION, QUEUE_NOTIFY_OFFSET};
-pub use worker::Worker;
+pub use worker::{notify_queue, wait_readable, Worker};

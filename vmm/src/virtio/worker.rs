@@ -5,11 +5,13 @@
 //! owns that thread and the stop eventfd, so a device's `reset` (and `Drop`)
 //! is one [`Worker::stop`].
 
+use std::io;
+use std::os::fd::RawFd;
 use std::thread::JoinHandle;
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::ActivateError;
+use super::{ActivateError, InterruptKind, VirtioInterrupt};
 
 /// A running device worker: its thread and the eventfd that tells it to stop.
 pub struct Worker {
@@ -41,5 +43,31 @@ impl Worker {
         if self.thread.join().is_err() {
             tracing::error!("virtio-{} worker panicked", self.kind);
         }
+    }
+}
+
+/// Blocks until at least one of `fds` is readable (or hung up) and says
+/// which are. An interrupted wait comes back as `ErrorKind::Interrupted`, so
+/// the worker decides whether to run its queues again before waiting anew.
+pub fn wait_readable<const N: usize>(fds: [RawFd; N]) -> io::Result<[bool; N]> {
+    let mut pollfds = fds.map(|fd| libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    // SAFETY: `pollfds` is a valid array of pollfds that outlives the call.
+    let n = unsafe { libc::poll(pollfds.as_mut_ptr(), N as libc::nfds_t, -1) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(pollfds.map(|p| p.revents != 0))
+}
+
+/// Raises the used-buffer interrupt of `queue`. A failure is logged, not
+/// returned: the worker keeps serving, and the guest sees the buffers on its
+/// next interrupt or poll.
+pub fn notify_queue(interrupt: &dyn VirtioInterrupt, kind: &str, queue: u16) {
+    if let Err(e) = interrupt.notify(InterruptKind::Queue(queue)) {
+        tracing::warn!("virtio-{kind}: cannot interrupt the guest: {e}");
     }
 }

@@ -16,7 +16,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::device::MAX_QUEUE_SIZE;
 use super::FsDevice;
 use crate::virtio::{
-    read_config_bytes, ActivateError, Activation, ActiveQueue, InterruptKind, VirtioDevice,
+    notify_queue, read_config_bytes, ActivateError, Activation, ActiveQueue, VirtioDevice,
     VirtioInterrupt, VirtioMemory, Worker,
 };
 
@@ -129,11 +129,7 @@ fn serve(
                 continue;
             }
             match device.process_queue(&mut q.queue, &*mem.memory()) {
-                Ok(true) => {
-                    if let Err(e) = interrupt.notify(InterruptKind::Queue(q.index)) {
-                        tracing::warn!("virtio-fs: cannot interrupt the guest: {e}");
-                    }
-                }
+                Ok(true) => notify_queue(interrupt, "fs", q.index),
                 Ok(false) => {}
                 Err(e) => {
                     tracing::warn!(queue = q.index, "virtio-fs queue disabled: {e}");

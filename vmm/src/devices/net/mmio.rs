@@ -16,8 +16,8 @@ use vmm_sys_util::eventfd::EventFd;
 use super::device::{NetDevice, NetStats, CONFIG_SPACE_LEN, NUM_QUEUES, RX_QUEUE, TX_QUEUE};
 use super::{Error, NetConfig, Tap};
 use crate::virtio::{
-    read_config_bytes, ActivateError, Activation, ActiveQueue, InterruptKind, VirtioDevice,
-    VirtioInterrupt, VirtioMemory, Worker,
+    notify_queue, read_config_bytes, wait_readable, ActivateError, Activation, ActiveQueue,
+    VirtioDevice, VirtioInterrupt, VirtioMemory, Worker,
 };
 
 /// Queue size offered to the driver (Linux takes the maximum).
@@ -122,7 +122,7 @@ fn serve(
             let mut dev = device.lock().unwrap_or_else(PoisonError::into_inner);
             if tx_ok {
                 match dev.process_tx(&*mem, &mut tx.queue) {
-                    Ok(true) => notify(interrupt, tx.index),
+                    Ok(true) => notify_queue(interrupt, "net", tx.index),
                     Ok(false) => {}
                     Err(e) => {
                         tracing::warn!("virtio-net TX queue stopped: {e}");
@@ -132,7 +132,7 @@ fn serve(
             }
             if rx_ok {
                 match dev.process_rx(&*mem, &mut rx.queue) {
-                    Ok(true) => notify(interrupt, rx.index),
+                    Ok(true) => notify_queue(interrupt, "net", rx.index),
                     Ok(false) => {}
                     Err(e) => {
                         tracing::warn!("virtio-net RX queue stopped: {e}");
@@ -142,42 +142,28 @@ fn serve(
                 }
             }
         }
-        let mut fds = [
+        let fds = [
             stop.as_raw_fd(),
             rx.notifier.as_raw_fd(),
             tx.notifier.as_raw_fd(),
             host_fd,
-        ]
-        .map(|fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        });
-        // SAFETY: `fds` is a valid array of pollfds that outlives the call.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
+        ];
+        let [stopped, rx_kicked, tx_kicked, _host_event] = match wait_readable(fds) {
+            Ok(ready) => ready,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::error!("virtio-net worker poll failed: {e}");
+                return;
             }
-            tracing::error!("virtio-net worker poll failed: {err}");
+        };
+        if stopped {
             return;
         }
-        let ready = |i: usize| fds.get(i).is_some_and(|p| p.revents != 0);
-        if ready(0) {
-            return;
-        }
-        if ready(1) {
+        if rx_kicked {
             let _ = rx.notifier.read();
         }
-        if ready(2) {
+        if tx_kicked {
             let _ = tx.notifier.read();
         }
-    }
-}
-
-fn notify(interrupt: &dyn VirtioInterrupt, queue: u16) {
-    if let Err(e) = interrupt.notify(InterruptKind::Queue(queue)) {
-        tracing::warn!("virtio-net: cannot interrupt the guest: {e}");
     }
 }

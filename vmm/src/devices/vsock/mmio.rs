@@ -15,8 +15,8 @@ use vmm_sys_util::eventfd::EventFd;
 use super::device::{VsockDevice, NUM_QUEUES, RX_QUEUE, TX_QUEUE, VIRTIO_ID_VSOCK};
 use super::Error;
 use crate::virtio::{
-    read_config_bytes, ActivateError, Activation, ActiveQueue, InterruptKind, VirtioDevice,
-    VirtioInterrupt, VirtioMemory, Worker,
+    notify_queue, read_config_bytes, wait_readable, ActivateError, Activation, ActiveQueue,
+    VirtioDevice, VirtioInterrupt, VirtioMemory, Worker,
 };
 
 const QUEUE_SIZE: u16 = 256;
@@ -100,53 +100,39 @@ fn serve(
         .unwrap_or_else(PoisonError::into_inner)
         .host_event_fd();
     loop {
-        let mut fds = [
+        let fds = [
             stop.as_raw_fd(),
             rx.notifier.as_raw_fd(),
             tx.notifier.as_raw_fd(),
             host_fd,
-        ]
-        .map(|fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        });
-        // SAFETY: `fds` is a valid array of pollfds that outlives the call.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
+        ];
+        let [stopped, rx_kicked, tx_kicked, host_event] = match wait_readable(fds) {
+            Ok(ready) => ready,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::error!("virtio-vsock worker poll failed: {e}");
+                return;
             }
-            tracing::error!("virtio-vsock worker poll failed: {err}");
+        };
+        if stopped {
             return;
         }
-        let ready = |i: usize| fds.get(i).is_some_and(|p| p.revents != 0);
-        if ready(0) {
-            return;
-        }
-        if ready(1) {
+        if rx_kicked {
             let _ = rx.notifier.read();
         }
-        if ready(2) {
+        if tx_kicked {
             let _ = tx.notifier.read();
         }
         let mem = mem.memory();
         let mut dev = device.lock().unwrap_or_else(PoisonError::into_inner);
         if dev.process_tx(&mem, &mut tx.queue) {
-            notify(interrupt, tx.index);
+            notify_queue(interrupt, "vsock", tx.index);
         }
-        if ready(3) {
+        if host_event {
             dev.process_host_events();
         }
         if dev.process_rx(&mem, &mut rx.queue) {
-            notify(interrupt, rx.index);
+            notify_queue(interrupt, "vsock", rx.index);
         }
-    }
-}
-
-fn notify(interrupt: &dyn VirtioInterrupt, queue: u16) {
-    if let Err(e) = interrupt.notify(InterruptKind::Queue(queue)) {
-        tracing::warn!("virtio-vsock: cannot interrupt the guest: {e}");
     }
 }
