@@ -295,6 +295,23 @@ impl NetDevice {
         }
     }
 
+    /// Runs `body` (the TX or RX loop) on `queue`, then returns whether the
+    /// driver must be interrupted: buffers were used and the queue's
+    /// notification suppression allows it. The tap interest is updated even
+    /// when `body` failed: it must follow whatever state the loop left.
+    fn run_queue<M: GuestMemory>(
+        &mut self,
+        mem: &M,
+        queue: &mut Queue,
+        body: fn(&mut Self, &M, &mut Queue, &mut bool) -> Result<(), Error>,
+    ) -> Result<bool, Error> {
+        let mut used = false;
+        let result = body(self, mem, queue, &mut used);
+        self.update_interest();
+        result?;
+        Ok(used && queue.needs_notification(mem).map_err(Error::Queue)?)
+    }
+
     /// Sends every frame the driver made available on the TX queue. Returns
     /// whether the driver must be interrupted.
     pub fn process_tx<M: GuestMemory>(
@@ -307,11 +324,7 @@ impl NetDevice {
         }
         self.tx_blocked = false;
         self.tx_more = false;
-        let mut used = false;
-        let result = self.tx_loop(mem, queue, &mut used);
-        self.update_interest();
-        result?;
-        Ok(used && queue.needs_notification(mem).map_err(Error::Queue)?)
+        self.run_queue(mem, queue, Self::tx_loop)
     }
 
     fn tx_loop<M: GuestMemory>(
@@ -480,11 +493,7 @@ impl NetDevice {
         }
         self.rx_enabled = true;
         self.rx_waiting = false;
-        let mut used = false;
-        let result = self.rx_loop(mem, queue, &mut used);
-        self.update_interest();
-        result?;
-        Ok(used && queue.needs_notification(mem).map_err(Error::Queue)?)
+        self.run_queue(mem, queue, Self::rx_loop)
     }
 
     fn rx_loop<M: GuestMemory>(
