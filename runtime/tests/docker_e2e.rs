@@ -7,10 +7,11 @@
 //! `docker_runc_peer` proves the harness and the checks with runc;
 //! `docker_husk` runs them against husk's runc-compatible CLI.
 
+use std::ops::Deref;
 use std::path::Path;
-use std::process::Output;
 use std::time::{Duration, Instant};
 
+use husk_tests::docker::checks::{self, timed};
 use husk_tests::docker::pty::PtySession;
 use husk_tests::docker::{self, DockerDaemon, Runtime};
 
@@ -29,9 +30,7 @@ fn docker_runc_peer() {
 /// microVM (QEMU/TCG on these machines).
 #[test]
 fn docker_husk() {
-    let config_dir = tempfile::tempdir().expect("tempdir for husk's configuration");
-    let husk = docker::husk::runtime(config_dir.path(), Path::new(env!("CARGO_BIN_EXE_husk")))
-        .unwrap_or_else(|e| panic!("cannot set husk up as a Docker runtime: {e:#}"));
+    let (_config_dir, husk) = docker::husk::test_runtime(Path::new(env!("CARGO_BIN_EXE_husk")));
     docker_checks("husk", &[husk]);
 }
 
@@ -41,7 +40,6 @@ fn docker_checks(runtime: &str, registrations: &[Runtime]) {
     let started = Instant::now();
     let daemon = DockerDaemon::start(registrations)
         .unwrap_or_else(|e| panic!("the private containerd + dockerd did not start: {e:#}"));
-    let root = daemon.root().to_owned();
     daemon
         .import_busybox(IMAGE)
         .unwrap_or_else(|e| panic!("cannot import the busybox image: {e:#}"));
@@ -50,10 +48,11 @@ fn docker_checks(runtime: &str, registrations: &[Runtime]) {
         started.elapsed()
     );
 
-    let c = Checks {
+    let c = Checks(checks::Checks {
         d: &daemon,
         runtime,
-    };
+        image: IMAGE,
+    });
     timed(runtime, "run: output and exit codes", || {
         c.run_output_and_exit_codes()
     });
@@ -77,28 +76,7 @@ fn docker_checks(runtime: &str, registrations: &[Runtime]) {
         || c.options(),
     );
 
-    let remaining = c.text(c.ok(&daemon.docker(&["ps", "-aq"]), "docker ps -aq"));
-    assert!(
-        remaining.is_empty(),
-        "containers left after the checks: {remaining}"
-    );
-    let ids = daemon.container_ids();
-
-    let left = daemon.shutdown();
-    let vms_or_husk: Vec<_> = left
-        .processes
-        .iter()
-        .filter(|p| p.exe.starts_with("qemu-system") || p.exe == "husk")
-        .collect();
-    assert!(
-        vms_or_husk.is_empty(),
-        "[{runtime}] VM or husk processes left after teardown: {vms_or_husk:?}"
-    );
-    assert!(
-        left.is_empty(),
-        "[{runtime}] teardown found leftovers of containers {ids:?}:\n{left}"
-    );
-    assert!(!root.exists(), "{} was not removed", root.display());
+    let ids = checks::shut_down_clean(daemon, runtime);
     eprintln!(
         "[{runtime}] all checks passed, {} containers, {:?} in all",
         ids.len(),
@@ -106,54 +84,19 @@ fn docker_checks(runtime: &str, registrations: &[Runtime]) {
     );
 }
 
-fn timed(runtime: &str, name: &str, check: impl FnOnce()) {
-    let started = Instant::now();
-    check();
-    eprintln!("[{runtime}] {name}: {:?}", started.elapsed());
-}
+/// The shared checks' helpers (`run`, `ok`, `inspect`...) and this file's
+/// checks on top of them.
+struct Checks<'a>(checks::Checks<'a>);
 
-struct Checks<'a> {
-    d: &'a DockerDaemon,
-    runtime: &'a str,
+impl<'a> Deref for Checks<'a> {
+    type Target = checks::Checks<'a>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl Checks<'_> {
-    fn runtime_flag(&self) -> String {
-        format!("--runtime={}", self.runtime)
-    }
-
-    /// `docker run` with this runtime: `flags` before the image, `cmd` after.
-    fn run(&self, flags: &[&str], cmd: &[&str]) -> Output {
-        let runtime = self.runtime_flag();
-        let mut args: Vec<&str> = vec![&runtime];
-        args.extend_from_slice(flags);
-        args.push(IMAGE);
-        args.extend_from_slice(cmd);
-        self.d.run(&args)
-    }
-
-    /// Asserts `out` succeeded; returns it.
-    fn ok<'o>(&self, out: &'o Output, what: &str) -> &'o Output {
-        assert!(
-            out.status.success(),
-            "[{}] {what} failed ({}): stdout {:?}, stderr {:?}",
-            self.runtime,
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    fn text(&self, out: &Output) -> String {
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    }
-
-    fn inspect(&self, name: &str, format: &str) -> String {
-        let out = self.d.docker(&["inspect", "-f", format, name]);
-        self.text(self.ok(&out, &format!("docker inspect -f '{format}' {name}")))
-    }
-
     /// Polls `docker logs name` until it shows `needle`.
     fn wait_for_log(&self, name: &str, needle: &str) {
         let deadline = Instant::now() + WAIT;

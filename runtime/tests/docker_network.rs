@@ -18,10 +18,12 @@
 //! The `*_runc_peer` tests prove the harness and the checks with runc; the
 //! `*_husk` ones run them with husk (each container in its own microVM).
 
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
+use husk_tests::docker::checks::{self, timed};
 use husk_tests::docker::{self, leftovers, DockerDaemon, Runtime};
 use husk_tests::netns::{self, HttpServer, NetNs};
 use husk_tests::podman::Podman;
@@ -48,8 +50,7 @@ fn docker_network_runc_peer() {
 /// The same checks with `--runtime=husk`.
 #[test]
 fn docker_network_husk() {
-    let config_dir = tempfile::tempdir().expect("tempdir for husk's configuration");
-    let husk = husk_runtime(config_dir.path());
+    let (_config_dir, husk) = husk_runtime();
     docker_network_checks("husk", &[husk]);
 }
 
@@ -62,21 +63,19 @@ fn podman_network_runc_peer() {
 /// path, already configured by netavark.
 #[test]
 fn podman_network_husk() {
-    let config_dir = tempfile::tempdir().expect("tempdir for husk's configuration");
-    let husk = husk_runtime(config_dir.path());
+    let (_config_dir, husk) = husk_runtime();
     podman_network_checks("husk", Some(&husk));
 }
 
-fn husk_runtime(config_dir: &Path) -> Runtime {
-    docker::husk::runtime(config_dir, Path::new(env!("CARGO_BIN_EXE_husk")))
-        .unwrap_or_else(|e| panic!("cannot set husk up as a runtime: {e:#}"))
+/// husk as a runtime, its configuration in the returned directory.
+fn husk_runtime() -> (tempfile::TempDir, Runtime) {
+    docker::husk::test_runtime(Path::new(env!("CARGO_BIN_EXE_husk")))
 }
 
 fn docker_network_checks(runtime: &str, registrations: &[Runtime]) {
     let started = Instant::now();
     let daemon = DockerDaemon::start_networked(registrations)
         .unwrap_or_else(|e| panic!("the private containerd + dockerd did not start: {e:#}"));
-    let root = daemon.root().to_owned();
     let ns_name = daemon
         .netns()
         .expect("a networked daemon")
@@ -86,9 +85,12 @@ fn docker_network_checks(runtime: &str, registrations: &[Runtime]) {
         .import_busybox(IMAGE)
         .unwrap_or_else(|e| panic!("cannot import the busybox image: {e:#}"));
     let c = Checks {
-        d: &daemon,
+        c: checks::Checks {
+            d: &daemon,
+            runtime,
+            image: IMAGE,
+        },
         ns: daemon.netns().expect("a networked daemon"),
-        runtime,
         state_dirs: registrations
             .iter()
             .flat_map(|r| r.state_dirs.iter().cloned())
@@ -122,21 +124,7 @@ fn docker_network_checks(runtime: &str, registrations: &[Runtime]) {
     });
     drop(server);
 
-    let remaining = c.text(c.ok(&daemon.docker(&["ps", "-aq"]), "docker ps -aq"));
-    assert!(
-        remaining.is_empty(),
-        "containers left after the checks: {remaining}"
-    );
-    let ids = daemon.container_ids();
-    let left = daemon.shutdown();
-    assert_clean(runtime, &left.to_string(), left.is_empty(), &ids);
-    let vms_or_husk: Vec<_> = left
-        .processes
-        .iter()
-        .filter(|p| p.exe.starts_with("qemu-system") || p.exe == "husk")
-        .collect();
-    assert!(vms_or_husk.is_empty(), "{vms_or_husk:?}");
-    assert!(!root.exists(), "{} was not removed", root.display());
+    let ids = checks::shut_down_clean(daemon, runtime);
     assert!(
         !netns::leftover_names().contains(&ns_name),
         "the test namespace {ns_name} is still there"
@@ -148,74 +136,37 @@ fn docker_network_checks(runtime: &str, registrations: &[Runtime]) {
     );
 }
 
-fn assert_clean(runtime: &str, report: &str, clean: bool, ids: &[String]) {
-    assert!(
-        clean,
-        "[{runtime}] teardown found leftovers of containers {ids:?}:\n{report}"
-    );
-}
-
-fn timed(runtime: &str, name: &str, check: impl FnOnce()) {
-    let started = Instant::now();
-    check();
-    eprintln!("[{runtime}] {name}: {:?}", started.elapsed());
-}
-
 /// A shell command serving `/www/index.html` holding `page` on port 80 in
 /// the foreground (busybox httpd).
 fn serve(page: &str) -> String {
     format!("mkdir -p /www && echo {page} > /www/index.html && exec httpd -f -p 80 -h /www")
 }
 
+/// The shared checks' helpers (`run`, `ok`, `inspect`...), with the test
+/// namespace the daemons run in, and this file's checks on top of them.
 struct Checks<'a> {
-    d: &'a DockerDaemon,
+    c: checks::Checks<'a>,
     ns: &'a NetNs,
-    runtime: &'a str,
+    /// The runtimes' own state directories, searched for what a refused
+    /// container left.
     state_dirs: Vec<PathBuf>,
 }
 
+impl<'a> Deref for Checks<'a> {
+    type Target = checks::Checks<'a>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.c
+    }
+}
+
 impl Checks<'_> {
-    /// `docker run --runtime=<runtime> flags IMAGE cmd`.
-    fn run_with(&self, runtime: &str, flags: &[&str], cmd: &[&str]) -> Output {
-        let runtime = format!("--runtime={runtime}");
-        let mut args: Vec<&str> = vec![&runtime];
-        args.extend_from_slice(flags);
-        args.push(IMAGE);
-        args.extend_from_slice(cmd);
-        self.d.run(&args)
-    }
-
-    fn run(&self, flags: &[&str], cmd: &[&str]) -> Output {
-        self.run_with(self.runtime, flags, cmd)
-    }
-
     /// Starts a detached container `name` serving `page` on port 80.
     fn start_server(&self, name: &str, flags: &[&str], page: &str) {
         let mut all = vec!["-d", "--name", name];
         all.extend_from_slice(flags);
         let out = self.run(&all, &["sh", "-c", &serve(page)]);
         self.ok(&out, &format!("docker run -d --name {name} (httpd)"));
-    }
-
-    fn ok<'o>(&self, out: &'o Output, what: &str) -> &'o Output {
-        assert!(
-            out.status.success(),
-            "[{}] {what} failed ({}): stdout {:?}, stderr {:?}",
-            self.runtime,
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    fn text(&self, out: &Output) -> String {
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    }
-
-    fn inspect(&self, name: &str, format: &str) -> String {
-        let out = self.d.docker(&["inspect", "-f", format, name]);
-        self.text(self.ok(&out, &format!("docker inspect -f '{format}' {name}")))
     }
 
     /// `docker exec name cmd`, successful, its trimmed stdout.

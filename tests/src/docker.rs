@@ -11,6 +11,7 @@
 //! failed test) removes every container, stops both daemons by PID, reports
 //! what was left behind, and then removes that too.
 
+pub mod checks;
 pub mod host;
 pub mod husk;
 pub mod leftovers;
@@ -298,19 +299,9 @@ impl DockerDaemon {
     /// Imports a busybox root file system (tests/src/rootfs.rs) as image
     /// `tag` with `docker import`.
     pub fn import_busybox(&self, tag: &str) -> Result<()> {
-        let dir = self.root.join("busybox-rootfs");
-        let tarball = host::busybox_tarball(&dir)?;
-        let path = tarball.to_string_lossy();
-        let out = self.docker(&["import", &path, tag]);
-        if !out.status.success() {
-            bail!(
-                "docker import failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::fs::remove_dir_all(&dir)?;
-        std::fs::remove_file(&tarball)?;
-        Ok(())
+        host::import_busybox(&self.root.join("busybox-rootfs"), "docker", |tarball| {
+            self.docker(&["import", tarball, tag])
+        })
     }
 
     /// The last `lines` lines of each daemon's log.

@@ -155,18 +155,9 @@ impl Podman {
     /// Imports a busybox root file system (tests/src/rootfs.rs) as image
     /// `tag` with `podman import`.
     pub fn import_busybox(&self, tag: &str) -> Result<()> {
-        let dir = self.root.join("busybox-rootfs");
-        let tarball = host::busybox_tarball(&dir)?;
-        let out = self.podman(&["import", &tarball.to_string_lossy(), tag]);
-        if !out.status.success() {
-            bail!(
-                "podman import failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::fs::remove_dir_all(&dir)?;
-        std::fs::remove_file(&tarball)?;
-        Ok(())
+        host::import_busybox(&self.root.join("busybox-rootfs"), "podman", |tarball| {
+            self.podman(&["import", tarball, tag])
+        })
     }
 
     /// Removes every container, then returns what was left behind (after

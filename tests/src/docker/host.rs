@@ -4,7 +4,7 @@
 //! import.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -57,10 +57,25 @@ pub fn overlay_usable(dir: &Path) -> bool {
     has_overlay && !on_overlay
 }
 
-/// Builds a busybox root file system (tests/src/rootfs.rs) in `dir` and
-/// returns a tarball of it for `docker import` or `podman import`, made
-/// next to it; the caller removes it (and `dir`) once imported.
-pub fn busybox_tarball(dir: &Path) -> Result<PathBuf> {
+/// Builds a busybox root file system (tests/src/rootfs.rs) in `dir`, a
+/// tarball of it next to it, and hands the tarball's path to `import`
+/// (`<cli> import <tarball> <tag>`); both are removed once it succeeded.
+pub fn import_busybox(dir: &Path, cli: &str, import: impl FnOnce(&str) -> Output) -> Result<()> {
+    let tarball = busybox_tarball(dir)?;
+    let out = import(&tarball.to_string_lossy());
+    if !out.status.success() {
+        bail!(
+            "{cli} import failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    std::fs::remove_dir_all(dir)?;
+    std::fs::remove_file(&tarball)?;
+    Ok(())
+}
+
+/// A tarball of a fresh busybox root file system in `dir`, made next to it.
+fn busybox_tarball(dir: &Path) -> Result<PathBuf> {
     let tarball = dir.with_extension("tar");
     rootfs::busybox(dir).context("building the busybox rootfs")?;
     let out = Command::new("tar")

@@ -51,6 +51,16 @@ pub fn runtime(dir: &Path, binary: &Path) -> Result<Runtime> {
     })
 }
 
+/// [`runtime`] for a test: husk's configuration in a fresh temporary
+/// directory, which lives as long as the returned guard. Panics if husk
+/// cannot be set up (no guest kernel or initrd), naming why.
+pub fn test_runtime(binary: &Path) -> (tempfile::TempDir, Runtime) {
+    let dir = tempfile::tempdir().expect("tempdir for husk's configuration");
+    let husk = runtime(dir.path(), binary)
+        .unwrap_or_else(|e| panic!("cannot set husk up as a runtime: {e:#}"));
+    (dir, husk)
+}
+
 /// A TOML basic string holding `path`.
 pub fn toml_string(path: &Path) -> String {
     let mut out = String::from("\"");
