@@ -14,7 +14,8 @@ use std::time::Duration;
 use common::*;
 use husk_agent::dns_relay::{read_frame, write_frame};
 use husk_protocol::agent::*;
-use husk_protocol::ttrpc::Code;
+use husk_protocol::agent_ttrpc::AgentServiceClient;
+use husk_protocol::ttrpc::{self, Code};
 use oci_spec::runtime::LinuxNamespaceType;
 use tokio::io::AsyncBufReadExt;
 
@@ -255,6 +256,20 @@ async fn interfaces_routes_and_neighbours_are_configured() {
     );
 }
 
+/// The error of an `UpdateRoutes` with `routes` that the agent must refuse.
+async fn routes_refused(client: &AgentServiceClient, routes: Vec<Route>) -> ttrpc::Error {
+    client
+        .update_routes(
+            ctx(),
+            &UpdateRoutesRequest {
+                routes,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect_err("refused")
+}
+
 #[tokio::test]
 async fn bad_network_requests_get_clear_errors() {
     let agent = Agent::start_in_netns(&[]);
@@ -301,40 +316,16 @@ async fn bad_network_requests_get_clear_errors() {
         assert!(format!("{err:?}").contains(text), "{text:?} in {err:?}");
     }
 
-    let too_many = UpdateRoutesRequest {
-        routes: vec![route("", "10.0.0.1", "", 0, 0, 4); 1025],
-        ..Default::default()
-    };
-    let err = client
-        .update_routes(ctx(), &too_many)
-        .await
-        .expect_err("refused");
+    let too_many = vec![route("", "10.0.0.1", "", 0, 0, 4); 1025];
+    let err = routes_refused(&client, too_many).await;
     assert_eq!(code(&err), Code::INVALID_ARGUMENT);
-    let err = client
-        .update_routes(
-            ctx(),
-            &UpdateRoutesRequest {
-                routes: vec![route("10.0.0.1/8", "", "eth0", 0, 0, 4)],
-                ..Default::default()
-            },
-        )
-        .await
-        .expect_err("refused");
+    let err = routes_refused(&client, vec![route("10.0.0.1/8", "", "eth0", 0, 0, 4)]).await;
     assert!(
         format!("{err:?}").contains("bits set after its prefix"),
         "{err:?}"
     );
     // An unreachable gateway: the kernel's own refusal comes back.
-    let err = client
-        .update_routes(
-            ctx(),
-            &UpdateRoutesRequest {
-                routes: vec![route("", "192.0.2.1", "eth0", 0, 0, 4)],
-                ..Default::default()
-            },
-        )
-        .await
-        .expect_err("refused");
+    let err = routes_refused(&client, vec![route("", "192.0.2.1", "eth0", 0, 0, 4)]).await;
     assert!(
         format!("{err:?}").contains("adding route default via 192.0.2.1 dev eth0"),
         "{err:?}"
