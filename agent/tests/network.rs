@@ -82,6 +82,16 @@ fn route(dst: &str, gw: &str, dev: &str, scope: u32, metric: u32, family: u32) -
     }
 }
 
+/// A neighbour entry: `address` at `mac` on eth0.
+fn neighbor(address: &str, mac: &str) -> Neighbor {
+    Neighbor {
+        address: address.into(),
+        mac: mac.into(),
+        device: "eth0".into(),
+        ..Default::default()
+    }
+}
+
 #[tokio::test]
 async fn interfaces_routes_and_neighbours_are_configured() {
     let agent = Agent::start_in_netns(&[]);
@@ -203,18 +213,8 @@ async fn interfaces_routes_and_neighbours_are_configured() {
             ctx(),
             &AddArpNeighborsRequest {
                 neighbors: vec![
-                    Neighbor {
-                        address: "10.88.0.1".into(),
-                        mac: "02:00:00:00:00:99".into(),
-                        device: "eth0".into(),
-                        ..Default::default()
-                    },
-                    Neighbor {
-                        address: "fd88::1".into(),
-                        mac: "02:00:00:00:00:98".into(),
-                        device: "eth0".into(),
-                        ..Default::default()
-                    },
+                    neighbor("10.88.0.1", "02:00:00:00:00:99"),
+                    neighbor("fd88::1", "02:00:00:00:00:98"),
                 ],
                 ..Default::default()
             },
@@ -334,12 +334,7 @@ async fn bad_network_requests_get_clear_errors() {
         .add_arp_neighbors(
             ctx(),
             &AddArpNeighborsRequest {
-                neighbors: vec![Neighbor {
-                    address: "10.0.0.1".into(),
-                    mac: "zz:00:00:00:00:01".into(),
-                    device: "eth0".into(),
-                    ..Default::default()
-                }],
+                neighbors: vec![neighbor("10.0.0.1", "zz:00:00:00:00:01")],
                 ..Default::default()
             },
         )
