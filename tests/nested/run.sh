@@ -62,6 +62,10 @@ if ((status != 0)); then
         printf '\nnested: where L1 last saw the guest (%s):\n' "$where"
         head -n 16 "$where"
     done
+    if [[ -s $out/husk.log ]]; then
+        printf '\nnested: husk warnings and errors (%s):\n' "$out/husk.log"
+        tail -n 40 "$out/husk.log"
+    fi
     for log in "$out"/console-*.log; do
         [[ -f $log ]] || continue
         printf '\nnested: guest console tail (%s):\n' "$log"

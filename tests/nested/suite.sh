@@ -107,7 +107,9 @@ config silent "$W/silent.img" "$SILENT_TIMEOUT" true
 # runs out of time. LIMIT overrides the bound for a long-lived `run`.
 husk() {
     local st limit=${LIMIT:-$((BOOT_TIMEOUT + 90))} t0=$SECONDS
-    timeout -k 10 "$limit" "$HUSK" --config "$W/${CONFIG:-builtin}.toml" "$@"
+    # --log: every husk process's warnings (the sandbox processes' too,
+    # which have no stderr) are kept for a failure's evidence.
+    timeout -k 10 "$limit" "$HUSK" --config "$W/${CONFIG:-builtin}.toml" --log "$OUT/husk.log" "$@"
     st=$?
     # 137 is also a container's own status (an OOM kill): the clock decides.
     if ((st == 124 || (st == 137 && SECONDS - t0 >= limit))); then
