@@ -821,105 +821,47 @@ fn check_version_features_and_spec_answer_like_runc() {
     );
 }
 
-/// Runs `ip args` and fails the test with its stderr if it fails.
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().unwrap();
+/// Runs `ip` with the words of `args` and fails the test with its stderr
+/// if it fails.
+fn ip(args: &str) {
+    let out = Command::new("ip")
+        .args(args.split_whitespace())
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
-        "ip {args:?}: {}",
+        "ip {args}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
 }
 
 /// A network namespace the spec names by path, as Podman and CNI hand one
-/// over: its veth's name, MAC, IPv4 and IPv6 addresses and default route
-/// are the container's, in the VM; a server on the veth's peer answers on
-/// both; afterwards neither tap nor tc filter is left in the namespace.
+/// over, with two veths: each one's name, MAC, MTU, IPv4 (and for the
+/// first IPv6) addresses and the default route are the container's, in the
+/// VM; a server on the veths' peers answers through both NICs and over
+/// IPv6; afterwards neither tap nor tc filter is left in the namespace.
 #[test]
 fn a_network_namespace_by_path_is_the_containers_network() {
     let w = World::new();
     let ns = NetNs::create().unwrap();
     let peer = NetNs::create().unwrap();
-    ip(&[
-        "link",
-        "add",
-        "hv0",
-        "netns",
-        ns.name(),
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "hp0",
-        "netns",
-        peer.name(),
-    ]);
-    let mac = "02:42:0a:e7:07:02";
-    for args in [
-        vec![
-            "-n",
-            ns.name(),
-            "link",
-            "set",
-            "hv0",
-            "address",
-            mac,
-            "mtu",
-            "1400",
-        ],
-        vec![
-            "-n",
-            ns.name(),
-            "addr",
-            "add",
-            "10.231.7.2/24",
-            "dev",
-            "hv0",
-        ],
-        vec![
-            "-n",
-            ns.name(),
-            "addr",
-            "add",
-            "fd00:e7::2/64",
-            "dev",
-            "hv0",
-            "nodad",
-        ],
-        vec!["-n", ns.name(), "link", "set", "hv0", "up"],
-        vec![
-            "-n",
-            ns.name(),
-            "route",
-            "add",
-            "default",
-            "via",
-            "10.231.7.1",
-        ],
-        vec!["-n", peer.name(), "link", "set", "hp0", "mtu", "1400"],
-        vec![
-            "-n",
-            peer.name(),
-            "addr",
-            "add",
-            "10.231.7.1/24",
-            "dev",
-            "hp0",
-        ],
-        vec![
-            "-n",
-            peer.name(),
-            "addr",
-            "add",
-            "fd00:e7::1/64",
-            "dev",
-            "hp0",
-            "nodad",
-        ],
-        vec!["-n", peer.name(), "link", "set", "hp0", "up"],
-    ] {
-        ip(&args);
+    let (c, p) = (ns.name(), peer.name());
+    let macs = ["02:42:0a:e7:07:02", "02:42:0a:e7:08:02"];
+    for (i, mac) in macs.iter().enumerate() {
+        let net = 7 + i;
+        ip(&format!(
+            "link add hv{i} netns {c} type veth peer name hp{i} netns {p}"
+        ));
+        ip(&format!("-n {c} link set hv{i} address {mac} mtu 1400"));
+        ip(&format!("-n {c} addr add 10.231.{net}.2/24 dev hv{i}"));
+        ip(&format!("-n {c} link set hv{i} up"));
+        ip(&format!("-n {p} link set hp{i} mtu 1400"));
+        ip(&format!("-n {p} addr add 10.231.{net}.1/24 dev hp{i}"));
+        ip(&format!("-n {p} link set hp{i} up"));
     }
+    ip(&format!("-n {c} addr add fd00:e7::2/64 dev hv0 nodad"));
+    ip(&format!("-n {p} addr add fd00:e7::1/64 dev hp0 nodad"));
+    ip(&format!("-n {c} route add default via 10.231.7.1"));
     let _server = HttpServer::start(&peer, "8080", "hello from the peer").unwrap();
     let path = ns.path();
     let bundle = w.bundle(
@@ -928,8 +870,8 @@ fn a_network_namespace_by_path_is_the_containers_network() {
             "sh",
             "-c",
             "ip -o link show; ip -o addr show; ip route; \
-             timeout 20 wget -q -O - http://10.231.7.1:8080/ && echo; \
-             timeout 20 wget -q -O - 'http://[fd00:e7::1]:8080/' && echo",
+             for url in http://10.231.7.1:8080/ http://10.231.8.1:8080/ 'http://[fd00:e7::1]:8080/'; do \
+               timeout 20 wget -q -O - \"$url\" && echo; done",
         ],
         |spec| {
             let mut linux = spec.linux().clone().unwrap();
@@ -952,9 +894,12 @@ fn a_network_namespace_by_path_is_the_containers_network() {
     );
     for needle in [
         "hv0",
-        mac,
+        "hv1",
+        macs[0],
+        macs[1],
         "mtu 1400",
         "inet 10.231.7.2/24",
+        "inet 10.231.8.2/24",
         "inet6 fd00:e7::2/64",
         "default via 10.231.7.1",
     ] {
@@ -962,8 +907,8 @@ fn a_network_namespace_by_path_is_the_containers_network() {
     }
     assert_eq!(
         stdout.matches("hello from the peer").count(),
-        2,
-        "the peer's page over IPv4 and IPv6:\n{stdout}"
+        3,
+        "the peer's page through both NICs and over IPv6:\n{stdout}"
     );
     w.assert_clean();
     let links = ns.links().unwrap();
