@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::hypervisor::{Backend, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB};
+use crate::oci::cpuset;
 
 /// The system-wide configuration file.
 pub const SYSTEM_CONFIG: &str = "/etc/husk/configuration.toml";
@@ -235,15 +236,21 @@ impl Config {
 
     /// The VM size for a container with these OCI resources: the memory
     /// limit plus the overhead (at least the default), and the CPU quota
-    /// rounded up to whole vCPUs (at least the default, at most the maximum).
-    pub fn vm_size(&self, resources: Option<&oci_spec::runtime::LinuxResources>) -> VmSize {
+    /// rounded up to whole vCPUs (at least the default, at most the
+    /// maximum), and enough vCPUs for the highest CPU `cpu.cpus` names.
+    /// A `cpus` beyond `guest.max_vcpus`, or `mems` naming a memory node
+    /// other than 0 (the VM has one), is an error naming the key.
+    pub fn vm_size(
+        &self,
+        resources: Option<&oci_spec::runtime::LinuxResources>,
+    ) -> Result<VmSize, SizeError> {
         let g = &self.guest;
         let mut size = VmSize {
             vcpus: g.default_vcpus,
             memory_mib: g.default_memory_mib,
         };
         let Some(resources) = resources else {
-            return size;
+            return Ok(size);
         };
         if let Some(limit) = resources.memory().as_ref().and_then(|m| m.limit()) {
             if limit > 0 {
@@ -253,19 +260,61 @@ impl Config {
                 size.memory_mib = u32::try_from(wanted).unwrap_or(MAX_MEMORY_MIB);
             }
         }
-        if let Some(cpu) = resources.cpu() {
-            if let (Some(quota), Some(period)) = (cpu.quota(), cpu.period()) {
-                if quota > 0 && period > 0 {
-                    let cpus = u64::try_from(quota).unwrap_or(0).div_ceil(period);
-                    let cpus = cpus.clamp(1, u64::from(g.max_vcpus));
-                    size.vcpus = u8::try_from(cpus)
-                        .unwrap_or(g.max_vcpus)
-                        .max(g.default_vcpus);
-                }
+        let Some(cpu) = resources.cpu() else {
+            return Ok(size);
+        };
+        if let (Some(quota), Some(period)) = (cpu.quota(), cpu.period()) {
+            if quota > 0 && period > 0 {
+                let cpus = u64::try_from(quota).unwrap_or(0).div_ceil(period);
+                let cpus = cpus.clamp(1, u64::from(g.max_vcpus));
+                size.vcpus = u8::try_from(cpus)
+                    .unwrap_or(g.max_vcpus)
+                    .max(g.default_vcpus);
             }
         }
-        size
+        if let Some(list) = cpu.cpus() {
+            let highest = cpuset::highest(list).map_err(|e| SizeError::Cpus(e.to_string()))?;
+            if let Some(highest) = highest {
+                let needed = highest.saturating_add(1);
+                if needed > u32::from(g.max_vcpus) {
+                    return Err(SizeError::TooManyCpus {
+                        highest,
+                        max_vcpus: g.max_vcpus,
+                    });
+                }
+                size.vcpus = size.vcpus.max(u8::try_from(needed).unwrap_or(g.max_vcpus));
+            }
+        }
+        if let Some(list) = cpu.mems() {
+            let highest = cpuset::highest(list).map_err(|e| SizeError::Mems(e.to_string()))?;
+            if let Some(node) = highest.filter(|&n| n > 0) {
+                return Err(SizeError::MemoryNode(node));
+            }
+        }
+        Ok(size)
     }
+}
+
+/// OCI resources a VM cannot be sized for.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SizeError {
+    /// `linux.resources.cpu.cpus` is malformed.
+    #[error("linux.resources.cpu.cpus: {0}")]
+    Cpus(String),
+    /// `linux.resources.cpu.mems` is malformed.
+    #[error("linux.resources.cpu.mems: {0}")]
+    Mems(String),
+    /// `cpus` names a CPU the VM cannot have.
+    #[error("linux.resources.cpu.cpus names CPU {highest}, but a VM has at most {max_vcpus} vCPUs (guest.max_vcpus in the configuration)")]
+    TooManyCpus {
+        /// The highest CPU named.
+        highest: u32,
+        /// The configured maximum.
+        max_vcpus: u8,
+    },
+    /// `mems` names a memory node other than 0.
+    #[error("linux.resources.cpu.mems names memory node {0}, but the VM has one memory node (0)")]
+    MemoryNode(u32),
 }
 
 /// How big a sandbox VM is.
@@ -357,16 +406,56 @@ mod tests {
         VmSize { vcpus, memory_mib }
     }
 
+    fn cpuset(cpus: Option<&str>, mems: Option<&str>) -> LinuxResources {
+        let mut cpu = LinuxCpuBuilder::default().build().unwrap();
+        cpu.set_cpus(cpus.map(str::to_owned));
+        cpu.set_mems(mems.map(str::to_owned));
+        LinuxResourcesBuilder::default().cpu(cpu).build().unwrap()
+    }
+
+    #[test]
+    fn cpus_get_the_vm_enough_vcpus_and_what_no_vm_has_is_named() {
+        let c = Config::default();
+        // max_vcpus 4 by default: CPU 3 is the highest a VM can have.
+        assert_eq!(
+            c.vm_size(Some(&cpuset(Some("0,3"), None))).unwrap().vcpus,
+            4
+        );
+        assert_eq!(
+            c.vm_size(Some(&cpuset(Some("1"), Some("0"))))
+                .unwrap()
+                .vcpus,
+            2
+        );
+        let err = c.vm_size(Some(&cpuset(Some("0-7"), None))).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("linux.resources.cpu.cpus names CPU 7"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("guest.max_vcpus"), "{err}");
+        let err = c.vm_size(Some(&cpuset(None, Some("0-1")))).unwrap_err();
+        assert_eq!(err, SizeError::MemoryNode(1));
+        let err = c.vm_size(Some(&cpuset(Some("x"), None))).unwrap_err();
+        assert!(
+            err.to_string().starts_with("linux.resources.cpu.cpus: "),
+            "{err}"
+        );
+    }
+
     #[test]
     fn vm_size_follows_the_memory_limit_and_cpu_quota() {
         let c = Config::default();
-        assert_eq!(c.vm_size(None), size(1, 256));
+        assert_eq!(c.vm_size(None).unwrap(), size(1, 256));
         let r = resources(512 << 20, Some(250_000));
-        assert_eq!(c.vm_size(Some(&r)), size(3, 640));
+        assert_eq!(c.vm_size(Some(&r)).unwrap(), size(3, 640));
         // A small limit still gets the overhead; a huge quota is capped.
         let r = resources(64 << 20, Some(10_000_000));
-        assert_eq!(c.vm_size(Some(&r)), size(4, 192));
+        assert_eq!(c.vm_size(Some(&r)).unwrap(), size(4, 192));
         // -1 is "unlimited" in OCI.
-        assert_eq!(c.vm_size(Some(&resources(-1, None))).memory_mib, 256);
+        assert_eq!(
+            c.vm_size(Some(&resources(-1, None))).unwrap().memory_mib,
+            256
+        );
     }
 }

@@ -140,6 +140,15 @@ impl Created {
             }
         }
         let netns = NetworkNamespace::from_spec(&bundle.spec)?;
+        // Checked here too (the sandbox process sizes the VM) so that a
+        // spec no VM can honour fails before anything is made.
+        config.vm_size(
+            bundle
+                .spec
+                .linux()
+                .as_ref()
+                .and_then(|l| l.resources().as_ref()),
+        )?;
         let terminal = bundle
             .spec
             .process()

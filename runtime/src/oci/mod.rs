@@ -2,6 +2,7 @@
 //! hooks, the network namespace, and the spec the guest agent receives.
 
 pub mod bundle;
+pub mod cpuset;
 pub mod guest_spec;
 pub mod hooks;
 pub mod netns;

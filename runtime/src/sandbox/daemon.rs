@@ -104,7 +104,7 @@ impl Sandbox {
             .linux()
             .as_ref()
             .and_then(|l| l.resources().as_ref());
-        let size = config.vm_size(resources);
+        let size = config.vm_size(resources).map_err(|e| e.to_string())?;
         let dir = sandbox_dir_of(&record.sandbox_dir).map_err(|e| e.to_string())?;
         let host = husk_vmm::machine::HostCheck::run();
         let (backend, _) = config.hypervisor.resolve(&host);
