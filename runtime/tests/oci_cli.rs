@@ -919,3 +919,51 @@ fn a_network_namespace_by_path_is_the_containers_network() {
     let tc = ns.tc_state().unwrap();
     assert!(tc.is_empty(), "tc left: {tc:?}");
 }
+
+/// One failed husk call: non-zero, one line on stderr naming `needle`, the
+/// same as an error in the JSON log.
+fn assert_one_line_error(w: &World, out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "succeeded: {stderr:?}");
+    assert_eq!(stderr.lines().count(), 1, "not one line: {stderr:?}");
+    assert!(
+        stderr.contains(needle),
+        "{stderr:?} does not name {needle:?}"
+    );
+    let log = std::fs::read_to_string(&w.log).unwrap_or_default();
+    assert!(
+        log.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .any(|e| e["level"] == "error" && e["msg"].as_str().unwrap().contains(needle)),
+        "no error naming {needle:?} in the JSON log: {log:?}"
+    );
+}
+
+/// config.md "Linux process": an AppArmor profile or SELinux label the
+/// runtime cannot apply fails `create` (as runc's does on a host without
+/// the module): the guest kernel has neither, so the error names the field
+/// and why, in one line, before any VM or state exists.
+#[test]
+fn an_apparmor_profile_or_selinux_label_fails_create_naming_the_field() {
+    let w = World::new();
+    let apparmor = w.bundle("aa", &["true"], |spec| {
+        let mut process = spec.process().clone().unwrap();
+        process.set_apparmor_profile(Some("docker-default".into()));
+        spec.set_process(Some(process));
+    });
+    let selinux = w.bundle("se", &["true"], |spec| {
+        let mut process = spec.process().clone().unwrap();
+        process.set_selinux_label(Some("system_u:system_r:container_t:s0".into()));
+        spec.set_process(Some(process));
+    });
+    for (bundle, field, lsm) in [
+        (apparmor, "process.apparmorProfile", "no AppArmor"),
+        (selinux, "process.selinuxLabel", "no SELinux"),
+    ] {
+        let _ = std::fs::remove_file(&w.log);
+        let out = w.husk(&["create", "--bundle", bundle.to_str().unwrap(), "l1"]);
+        assert_one_line_error(&w, &out, field);
+        assert!(String::from_utf8_lossy(&out.stderr).contains(lsm));
+        w.assert_clean();
+    }
+}

@@ -24,6 +24,16 @@ pub enum Error {
     /// The root file system is missing.
     #[error("rootfs {0} does not exist or is not a directory")]
     MissingRootfs(PathBuf),
+    /// The process asks for a Linux security module the guest kernel lacks.
+    #[error("{field} {value:?}: the container runs in a VM whose kernel has no {lsm}, so it cannot be applied")]
+    UnsupportedLsm {
+        /// The spec field, e.g. `process.apparmorProfile`.
+        field: &'static str,
+        /// The profile or label asked for.
+        value: String,
+        /// The security module.
+        lsm: &'static str,
+    },
 }
 
 /// A loaded bundle.
@@ -75,8 +85,38 @@ impl Bundle {
         if !rootfs.is_dir() {
             return Err(Error::MissingRootfs(rootfs));
         }
+        check_lsm(&spec)?;
         Ok(Self { dir, spec, rootfs })
     }
+}
+
+/// Refuses an AppArmor profile or SELinux label: the guest kernel has
+/// neither module, and running the process unconfined would silently drop
+/// the confinement asked for. runc fails the same way on a host without
+/// the module; failing here, at load, leaves nothing to undo.
+fn check_lsm(spec: &Spec) -> Result<(), Error> {
+    let Some(process) = spec.process() else {
+        return Ok(());
+    };
+    let asked = [
+        (
+            "process.apparmorProfile",
+            "AppArmor",
+            process.apparmor_profile(),
+        ),
+        ("process.selinuxLabel", "SELinux", process.selinux_label()),
+    ];
+    for (field, lsm, value) in asked {
+        // An empty string is the spec's "none", as runc reads it.
+        if let Some(value) = value.as_ref().filter(|v| !v.is_empty()) {
+            return Err(Error::UnsupportedLsm {
+                field,
+                value: value.clone(),
+                lsm,
+            });
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -101,5 +141,17 @@ mod tests {
         std::fs::create_dir(dir.join("rootfs")).unwrap();
         let bundle = Bundle::load(dir).unwrap();
         assert_eq!(bundle.rootfs, dir.join("rootfs"));
+        let mut spec = Spec::default();
+        let mut process = spec.process().clone().unwrap();
+        process.set_selinux_label(Some("system_u:system_r:container_t:s0".into()));
+        spec.set_process(Some(process));
+        std::fs::write(
+            dir.join("config.json"),
+            serde_json::to_string(&spec).unwrap(),
+        )
+        .unwrap();
+        let err = Bundle::load(dir).unwrap_err().to_string();
+        assert!(err.starts_with("process.selinuxLabel"), "{err}");
+        assert!(err.contains("SELinux"), "{err}");
     }
 }
