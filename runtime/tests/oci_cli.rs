@@ -939,6 +939,91 @@ fn assert_one_line_error(w: &World, out: &Output, needle: &str) {
     );
 }
 
+/// runtime.md "Lifecycle": a failing poststart or poststop hook is a
+/// warning, and the hooks after it and the lifecycle go on (start
+/// succeeds, delete cleans up); each hook's state names its phase's
+/// status: createRuntime and prestart "creating", poststart "running"
+/// (even for a process that has already exited), poststop "stopped".
+#[test]
+fn failing_poststart_and_poststop_hooks_warn_and_every_hook_sees_its_phase() {
+    let w = World::new();
+    let log = w.tmp.path().join("hooks.log");
+    let hook = |name: &str| {
+        serde_json::json!({
+            "path": "/bin/sh",
+            "args": ["sh", "-c", format!("read -r state; echo \"{name} $state\" >> {}", log.display())],
+        })
+    };
+    let failing = |name: &str| {
+        serde_json::json!({
+            "path": "/bin/sh",
+            "args": ["sh", "-c", format!("echo {name} broke >&2; exit 3")],
+        })
+    };
+    let bundle = w.bundle("b", &["true"], |_| {});
+    let config = bundle.join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    spec["hooks"] = serde_json::json!({
+        "createRuntime": [hook("createRuntime")],
+        "prestart": [hook("prestart")],
+        "poststart": [failing("poststart"), hook("poststart")],
+        "poststop": [failing("poststop"), hook("poststop")],
+    });
+    std::fs::write(&config, spec.to_string()).unwrap();
+    let pid_file = w.tmp.path().join("pid");
+    w.ok(&[
+        "create",
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        "h2",
+    ]);
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    w.ok(&["start", "h2"]);
+    assert_eq!(wait_pid(pid, Duration::from_secs(60)), 0);
+    w.ok(&["delete", "h2"]);
+    w.assert_clean();
+
+    let json_log = std::fs::read_to_string(&w.log).unwrap();
+    for needle in ["poststart broke", "poststop broke"] {
+        assert!(
+            json_log
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .any(|e| e["level"] == "warning" && e["msg"].as_str().unwrap().contains(needle)),
+            "no warning naming {needle:?}: {json_log}"
+        );
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    let seen: Vec<(String, serde_json::Value)> = text
+        .lines()
+        .map(|l| {
+            let (name, json) = l.split_once(' ').unwrap();
+            (name.to_owned(), serde_json::from_str(json).unwrap())
+        })
+        .collect();
+    let phases: Vec<(&str, &str)> = seen
+        .iter()
+        .map(|(n, s)| (n.as_str(), s["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        phases,
+        [
+            ("prestart", "creating"),
+            ("createRuntime", "creating"),
+            ("poststart", "running"),
+            ("poststop", "stopped"),
+        ]
+    );
+    assert_eq!(seen[2].1["pid"], pid, "poststart sees the container's pid");
+}
+
 /// config.md "Linux process": an AppArmor profile or SELinux label the
 /// runtime cannot apply fails `create` (as runc's does on a host without
 /// the module): the guest kernel has neither, so the error names the field

@@ -83,10 +83,17 @@ pub fn start(g: &Global, id: &str) -> anyhow::Result<()> {
     })??;
     record.status = Status::Running;
     g.store().save(&record)?;
+    // The spec names "running" for poststart, even when a short-lived
+    // process has already exited by now and `state` would say stopped.
+    let mut state = record.state();
+    state.status = Status::Running;
+    if let Some(init) = record.init {
+        state.pid = init.pid;
+    }
     hooks::run_logged(
         "poststart",
         record.hooks.as_ref().and_then(|h| h.poststart().as_ref()),
-        &record.state(),
+        &state,
     );
     Ok(())
 }

@@ -66,11 +66,15 @@ pub fn run(kind: &'static str, hooks: Option<&Vec<Hook>>, state: &State) -> Resu
     Ok(())
 }
 
-/// Runs `hooks` like [`run`] but only logs failures: what the OCI spec asks
-/// for poststart and poststop hooks.
+/// Runs every one of `hooks` and only logs failures as warnings: the OCI
+/// spec has the remaining poststart and poststop hooks, and the lifecycle,
+/// go on as if a failed one had succeeded.
 pub fn run_logged(kind: &'static str, hooks: Option<&Vec<Hook>>, state: &State) {
-    if let Err(e) = run(kind, hooks, state) {
-        tracing::warn!("{e}");
+    let stdin = serde_json::to_vec(state).unwrap_or_default();
+    for hook in hooks.into_iter().flatten() {
+        if let Err(e) = run_one(kind, hook, &stdin) {
+            tracing::warn!(container = %state.id, "{e}");
+        }
     }
 }
 
@@ -213,6 +217,18 @@ mod tests {
         assert!(err.contains("createRuntime hook /bin/sh failed"), "{err}");
         assert!(err.contains("broken network"), "{err}");
         assert!(!marker.exists());
+    }
+
+    #[test]
+    fn logged_hooks_all_run_past_a_failure() {
+        let tmp = tempfile::tempdir().unwrap();
+        let marker = tmp.path().join("ran");
+        let hooks = vec![
+            sh("exit 7", None),
+            sh(&format!("touch {}", marker.display()), None),
+        ];
+        run_logged("poststop", Some(&hooks), &state());
+        assert!(marker.exists());
     }
 
     #[test]
