@@ -939,6 +939,64 @@ fn assert_one_line_error(w: &World, out: &Output, needle: &str) {
     );
 }
 
+/// Polls `state` until it says `status`.
+fn wait_status(w: &World, id: &str, status: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let state = w.state(id);
+        if state["status"] == status {
+            return state;
+        }
+        assert!(Instant::now() < deadline, "{id} never {status}: {state}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// runtime.md "Operations": `delete` of a running container is an error
+/// (without runc's `--force`) and leaves it running; `state` of a container
+/// whose process has exited is `stopped` (also before anyone reaps its
+/// pid); `kill` of a stopped container is an error, in runc's words.
+#[test]
+fn state_kill_and_delete_follow_the_containers_status() {
+    let w = World::new();
+    let looping = w.bundle("loop", &["sh", "-c", "while :; do sleep 0.1; done"], |_| {});
+    let pid = w.run_detached(&looping, "s1");
+    let out = w.husk(&["delete", "s1"]);
+    assert_one_line_error(&w, &out, "it is running");
+    assert_eq!(w.state("s1")["status"], "running");
+    assert!(process_alive(pid.into()), "delete ended the container");
+    w.ok(&["delete", "--force", "s1"]);
+    wait_pid(pid, Duration::from_secs(30));
+
+    let short = w.bundle("short", &["true"], |_| {});
+    let pid_file = w.tmp.path().join("s2.pid");
+    w.ok(&[
+        "create",
+        "--bundle",
+        short.to_str().unwrap(),
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        "s2",
+    ]);
+    w.ok(&["start", "s2"]);
+    // Not reaped yet: the proxy is a zombie child of this subreaper.
+    let state = wait_status(&w, "s2", "stopped");
+    assert_eq!(state["pid"], 0);
+    for signal in ["TERM", "KILL"] {
+        let out = w.husk(&["kill", "s2", signal]);
+        assert_one_line_error(&w, &out, "container not running");
+    }
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(wait_pid(pid, Duration::from_secs(30)), 0);
+    assert_eq!(w.state("s2")["status"], "stopped");
+    w.ok(&["delete", "s2"]);
+    w.assert_clean();
+}
+
 /// runtime.md "Lifecycle": a failing poststart or poststop hook is a
 /// warning, and the hooks after it and the lifecycle go on (start
 /// succeeds, delete cleans up); each hook's state names its phase's

@@ -101,12 +101,16 @@ pub fn start(g: &Global, id: &str) -> anyhow::Result<()> {
 /// `husk kill`.
 pub fn kill(g: &Global, args: KillArgs) -> anyhow::Result<()> {
     let signal = parse_signal(&args.signal)?;
-    let record = load_in(
-        g,
-        &args.id,
-        &[Status::Created, Status::Running, Status::Paused],
-        "kill",
-    )?;
+    let record = g.store().load(&args.id)?;
+    // runc's words ("container not running"), which callers such as
+    // containerd's shim look for, whatever else the status is.
+    let status = record.current_status();
+    if !matches!(status, Status::Created | Status::Running | Status::Paused) {
+        bail!(
+            "cannot kill container {}: container not running (it is {status})",
+            args.id
+        );
+    }
     block_on(signal_init(&record, signal, args.all))?
 }
 
