@@ -606,6 +606,8 @@ fn bad_input_is_one_clear_line_and_leaves_nothing() {
     let host_network = netns_bundle("hostnet", None);
     let missing_netns = netns_bundle("nonetns", Some("/run/netns/husk-no-such-netns"));
     let uts_netns = netns_bundle("utsnetns", Some("/proc/self/ns/uts"));
+    // CPUs no VM of the configuration has (max_vcpus 4 by default).
+    let many_cpus = w.bundle("cpus", &["true"], |spec| set_cpuset(spec, "0-15"));
     let mut holder = Command::new("unshare")
         .args(["--net", "sleep", "120"])
         .spawn()
@@ -666,6 +668,10 @@ fn bad_input_is_one_clear_line_and_leaves_nothing() {
         (
             vec!["create", "--bundle", used_netns.to_str().unwrap(), "n4"],
             "in use by process",
+        ),
+        (
+            vec!["create", "--bundle", many_cpus.to_str().unwrap(), "n5"],
+            "linux.resources.cpu.cpus names CPU 15",
         ),
         (vec!["state", "nosuch"], "does not exist"),
         (vec!["start", "nosuch"], "does not exist"),
@@ -1109,4 +1115,45 @@ fn an_apparmor_profile_or_selinux_label_fails_create_naming_the_field() {
         assert!(String::from_utf8_lossy(&out.stderr).contains(lsm));
         w.assert_clean();
     }
+}
+
+/// Sets `linux.resources.cpu.cpus` of `spec`.
+fn set_cpuset(spec: &mut Spec, cpus: &str) {
+    let mut linux = spec.linux().clone().unwrap();
+    let mut resources = linux.resources().clone().unwrap_or_default();
+    let mut cpu = resources.cpu().clone().unwrap_or_default();
+    cpu.set_cpus(Some(cpus.to_owned()));
+    resources.set_cpu(Some(cpu));
+    linux.set_resources(Some(resources));
+    spec.set_linux(Some(linux));
+}
+
+/// `linux.resources.cpu.cpus` is honoured in the guest (config-linux.md):
+/// the VM gets a vCPU for CPU 1, and the container runs on it alone,
+/// instead of failing with "out of range" in a one-vCPU VM.
+#[test]
+fn a_cpuset_gets_the_vm_the_cpus_it_names() {
+    let w = World::new();
+    let bundle = w.bundle(
+        "cpus",
+        &[
+            "sh",
+            "-c",
+            "grep Cpus_allowed_list /proc/self/status; nproc",
+        ],
+        |spec| set_cpuset(spec, "1"),
+    );
+    let out = w.husk(&["run", "--bundle", bundle.to_str().unwrap(), "cpus1"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "husk run: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("Cpus_allowed_list:\t1\n"),
+        "not on CPU 1 alone: {stdout}"
+    );
+    assert_eq!(stdout.lines().last(), Some("1"), "{stdout}");
+    w.assert_clean();
 }
