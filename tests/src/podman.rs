@@ -280,7 +280,13 @@ impl Podman {
         }
         let mut found = Leftovers {
             processes,
-            mounts: leftovers::mounts(&self.root, &markers),
+            // The overlay driver's private bind mount of its own home is
+            // containers/storage's, and whether a Podman command that ends
+            // unmounts it depends on which ends last: not a leftover.
+            mounts: leftovers::mounts(&self.root, &markers)
+                .into_iter()
+                .filter(|m| *m != self.root.join("storage").join("overlay"))
+                .collect(),
             paths: leftovers::cgroups(&self.cgroup_parent),
             network,
         };
