@@ -153,11 +153,19 @@ impl World {
             pid_file.to_str().unwrap(),
             id,
         ]);
-        std::fs::read_to_string(&pid_file)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
+        read_pid(&pid_file)
+    }
+
+    /// `husk run` of `bundle` as `id`, which must succeed; its stdout.
+    fn run_ok(&self, bundle: &Path, id: &str) -> String {
+        let out = self.husk(&["run", "--bundle", bundle.to_str().unwrap(), id]);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "husk run: {}\n{stdout}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
     }
 
     /// The sandbox directory and process `create` recorded for `id`.
@@ -214,6 +222,50 @@ fn wait_pid(pid: i32, timeout: Duration) -> i32 {
     }
 }
 
+/// The pid `create --pid-file` wrote.
+fn read_pid(pid_file: &Path) -> i32 {
+    std::fs::read_to_string(pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Replaces the hooks of `bundle`'s config.json with `hooks`.
+fn set_hooks(bundle: &Path, hooks: serde_json::Value) {
+    let config = bundle.join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    spec["hooks"] = hooks;
+    std::fs::write(&config, spec.to_string()).unwrap();
+}
+
+/// A hook that appends `<name> <state JSON>` to `log`.
+fn logging_hook(log: &Path, name: &str) -> serde_json::Value {
+    serde_json::json!({
+        "path": "/bin/sh",
+        "args": ["sh", "-c", format!("read -r state; echo \"{name} $state\" >> {}", log.display())],
+    })
+}
+
+/// Points the spec's network namespace at `path`, or removes it (the
+/// host's network) when `path` is `None`.
+fn set_network_namespace(spec: &mut Spec, path: Option<&Path>) {
+    let mut linux = spec.linux().clone().unwrap();
+    let namespaces = linux.namespaces().clone().unwrap_or_default();
+    let namespaces = namespaces
+        .into_iter()
+        .filter_map(|mut ns| {
+            if ns.typ() == LinuxNamespaceType::Network {
+                ns.set_path(Some(path?.to_owned()));
+            }
+            Some(ns)
+        })
+        .collect();
+    linux.set_namespaces(Some(namespaces));
+    spec.set_linux(Some(linux));
+}
+
 fn process_alive(pid: i64) -> bool {
     i32::try_from(pid)
         .ok()
@@ -266,11 +318,7 @@ fn a_container_goes_through_every_verb() {
         .status()
         .unwrap();
     assert!(status.success());
-    let pid: i32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid: i32 = read_pid(&pid_file);
     let state = w.state("c1");
     assert_eq!(state["status"], "created");
     assert_eq!(state["pid"], pid);
@@ -451,11 +499,7 @@ fn a_terminal_goes_through_the_console_socket_and_resizes() {
         "t1",
     ]);
     let mut master = receiver.join().unwrap();
-    let pid: i32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid: i32 = read_pid(&pid_file);
     w.ok(&["start", "t1"]);
     let mut seen = String::new();
     master.write_all(b"echo typed-$((1+1))\n").unwrap();
@@ -504,23 +548,17 @@ fn a_terminal_goes_through_the_console_socket_and_resizes() {
 fn hooks_run_on_the_host_in_order_with_the_state() {
     let w = World::new();
     let log = w.tmp.path().join("hooks.log");
-    let hook = |name: &str| {
-        serde_json::json!({
-            "path": "/bin/sh",
-            "args": ["sh", "-c", format!("read -r state; echo \"{name} $state\" >> {}", log.display())],
-        })
-    };
+    let hook = |name: &str| logging_hook(&log, name);
     let bundle = w.bundle("b", &["true"], |_| {});
-    let config = bundle.join("config.json");
-    let mut spec: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
-    spec["hooks"] = serde_json::json!({
-        "prestart": [hook("prestart")],
-        "createRuntime": [hook("createRuntime")],
-        "poststart": [hook("poststart")],
-        "poststop": [hook("poststop")],
-    });
-    std::fs::write(&config, spec.to_string()).unwrap();
+    set_hooks(
+        &bundle,
+        serde_json::json!({
+            "prestart": [hook("prestart")],
+            "createRuntime": [hook("createRuntime")],
+            "poststart": [hook("poststart")],
+            "poststop": [hook("poststop")],
+        }),
+    );
     let pid_file = w.tmp.path().join("pid");
     w.ok(&[
         "create",
@@ -530,13 +568,9 @@ fn hooks_run_on_the_host_in_order_with_the_state() {
         pid_file.to_str().unwrap(),
         "h1",
     ]);
-    let pid: i64 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid = read_pid(&pid_file);
     w.ok(&["start", "h1"]);
-    wait_pid(pid as i32, Duration::from_secs(60));
+    wait_pid(pid, Duration::from_secs(60));
     w.ok(&["delete", "h1"]);
     let text = std::fs::read_to_string(&log).unwrap();
     let lines: Vec<(&str, serde_json::Value)> = text
@@ -576,31 +610,16 @@ fn bad_input_is_one_clear_line_and_leaves_nothing() {
     )
     .unwrap();
     let failing_hook = w.bundle("hook", &["true"], |_| {});
-    let config = failing_hook.join("config.json");
-    let mut spec: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
-    spec["hooks"] = serde_json::json!({"prestart": [{"path": "/bin/sh", "args": ["sh", "-c", "echo no network >&2; exit 1"]}]});
-    std::fs::write(&config, spec.to_string()).unwrap();
+    set_hooks(
+        &failing_hook,
+        serde_json::json!({"prestart": [{"path": "/bin/sh", "args": ["sh", "-c", "echo no network >&2; exit 1"]}]}),
+    );
     // Network namespaces a VM cannot be given: none (--network host), a
     // path that is not there, one of another type, one that processes
     // already use (--network container:X: here this test's own).
     let netns_bundle = |name: &str, path: Option<&str>| {
         w.bundle(name, &["true"], |spec| {
-            let mut linux = spec.linux().clone().unwrap();
-            let namespaces = linux.namespaces().clone().unwrap_or_default();
-            let namespaces = namespaces
-                .into_iter()
-                .filter_map(|mut ns| {
-                    if ns.typ() != LinuxNamespaceType::Network {
-                        return Some(ns);
-                    }
-                    let path = path?;
-                    ns.set_path(Some(PathBuf::from(path)));
-                    Some(ns)
-                })
-                .collect();
-            linux.set_namespaces(Some(namespaces));
-            spec.set_linux(Some(linux));
+            set_network_namespace(spec, path.map(Path::new))
         })
     };
     let host_network = netns_bundle("hostnet", None);
@@ -879,25 +898,9 @@ fn a_network_namespace_by_path_is_the_containers_network() {
              for url in http://10.231.7.1:8080/ http://10.231.8.1:8080/ 'http://[fd00:e7::1]:8080/'; do \
                timeout 20 wget -q -O - \"$url\" && echo; done",
         ],
-        |spec| {
-            let mut linux = spec.linux().clone().unwrap();
-            let mut namespaces = linux.namespaces().clone().unwrap_or_default();
-            for n in namespaces.iter_mut() {
-                if n.typ() == LinuxNamespaceType::Network {
-                    n.set_path(Some(path.clone()));
-                }
-            }
-            linux.set_namespaces(Some(namespaces));
-            spec.set_linux(Some(linux));
-        },
+        |spec| set_network_namespace(spec, Some(&path)),
     );
-    let out = w.husk(&["run", "--bundle", bundle.to_str().unwrap(), "net1"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "husk run: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = w.run_ok(&bundle, "net1");
     for needle in [
         "hv0",
         "hv1",
@@ -992,11 +995,7 @@ fn state_kill_and_delete_follow_the_containers_status() {
         let out = w.husk(&["kill", "s2", signal]);
         assert_one_line_error(&w, &out, "container not running");
     }
-    let pid: i32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid: i32 = read_pid(&pid_file);
     assert_eq!(wait_pid(pid, Duration::from_secs(30)), 0);
     assert_eq!(w.state("s2")["status"], "stopped");
     w.ok(&["delete", "s2"]);
@@ -1012,12 +1011,7 @@ fn state_kill_and_delete_follow_the_containers_status() {
 fn failing_poststart_and_poststop_hooks_warn_and_every_hook_sees_its_phase() {
     let w = World::new();
     let log = w.tmp.path().join("hooks.log");
-    let hook = |name: &str| {
-        serde_json::json!({
-            "path": "/bin/sh",
-            "args": ["sh", "-c", format!("read -r state; echo \"{name} $state\" >> {}", log.display())],
-        })
-    };
+    let hook = |name: &str| logging_hook(&log, name);
     let failing = |name: &str| {
         serde_json::json!({
             "path": "/bin/sh",
@@ -1025,16 +1019,15 @@ fn failing_poststart_and_poststop_hooks_warn_and_every_hook_sees_its_phase() {
         })
     };
     let bundle = w.bundle("b", &["true"], |_| {});
-    let config = bundle.join("config.json");
-    let mut spec: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
-    spec["hooks"] = serde_json::json!({
-        "createRuntime": [hook("createRuntime")],
-        "prestart": [hook("prestart")],
-        "poststart": [failing("poststart"), hook("poststart")],
-        "poststop": [failing("poststop"), hook("poststop")],
-    });
-    std::fs::write(&config, spec.to_string()).unwrap();
+    set_hooks(
+        &bundle,
+        serde_json::json!({
+            "createRuntime": [hook("createRuntime")],
+            "prestart": [hook("prestart")],
+            "poststart": [failing("poststart"), hook("poststart")],
+            "poststop": [failing("poststop"), hook("poststop")],
+        }),
+    );
     let pid_file = w.tmp.path().join("pid");
     w.ok(&[
         "create",
@@ -1044,11 +1037,7 @@ fn failing_poststart_and_poststop_hooks_warn_and_every_hook_sees_its_phase() {
         pid_file.to_str().unwrap(),
         "h2",
     ]);
-    let pid: i32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid: i32 = read_pid(&pid_file);
     w.ok(&["start", "h2"]);
     assert_eq!(wait_pid(pid, Duration::from_secs(60)), 0);
     w.ok(&["delete", "h2"]);
@@ -1143,13 +1132,7 @@ fn a_cpuset_gets_the_vm_the_cpus_it_names() {
         ],
         |spec| set_cpuset(spec, "1"),
     );
-    let out = w.husk(&["run", "--bundle", bundle.to_str().unwrap(), "cpus1"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "husk run: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = w.run_ok(&bundle, "cpus1");
     assert!(
         stdout.contains("Cpus_allowed_list:\t1\n"),
         "not on CPU 1 alone: {stdout}"
