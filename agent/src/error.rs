@@ -34,6 +34,22 @@ pub enum AgentError {
     },
 }
 
+impl From<husk_netlink::Error> for AgentError {
+    fn from(e: husk_netlink::Error) -> Self {
+        match e {
+            husk_netlink::Error::Refused { what, source } => AgentError::Io {
+                context: what,
+                source,
+            },
+            husk_netlink::Error::Socket(source) => AgentError::io("rtnetlink socket", source),
+            other => AgentError::io(
+                "rtnetlink",
+                std::io::Error::new(std::io::ErrorKind::InvalidData, other.to_string()),
+            ),
+        }
+    }
+}
+
 impl AgentError {
     /// Wraps an I/O error with what the agent was doing.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {

@@ -82,11 +82,12 @@ pub fn add(nl: &mut Netlink, index: u32, net: &IpNet) -> Result<()> {
                 .push(AddressAttribute::Flags(AddressFlags::Nodad));
         }
     }
-    nl.execute(
+    nl.change(
         &format!("adding address {net}"),
         RouteNetlinkMessage::NewAddress(m),
         NLM_F_CREATE | NLM_F_REPLACE,
     )
+    .map_err(AgentError::from)
 }
 
 /// Deletes an address; one already gone is not an error (deleting a
@@ -97,20 +98,20 @@ pub fn delete(nl: &mut Netlink, index: u32, net: &IpNet) -> Result<()> {
     m.header.prefix_len = net.prefix_len;
     m.header.index = index;
     m.attributes.push(AddressAttribute::Local(net.addr));
-    match nl.execute(
+    match nl.change(
         &format!("deleting address {net}"),
         RouteNetlinkMessage::DelAddress(m),
         0,
     ) {
-        Err(AgentError::Io { source, .. })
+        Err(e)
             if matches!(
-                source.raw_os_error(),
+                e.errno(),
                 Some(libc::EADDRNOTAVAIL | libc::ENOENT | libc::ESRCH)
             ) =>
         {
             Ok(())
         }
-        other => other,
+        other => Ok(other?),
     }
 }
 

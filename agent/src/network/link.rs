@@ -88,7 +88,8 @@ fn set(
     let mut message = LinkMessage::default();
     message.header.index = index;
     edit(&mut message);
-    nl.execute(what, RouteNetlinkMessage::SetLink(message), 0)
+    nl.change(what, RouteNetlinkMessage::SetLink(message), 0)
+        .map_err(AgentError::from)
 }
 
 /// Brings a link up or down.

@@ -13,7 +13,7 @@
 pub mod address;
 pub mod link;
 pub mod neighbour;
-pub mod netlink;
+pub use husk_netlink as netlink;
 pub mod route;
 pub mod spec;
 pub mod sysctl;

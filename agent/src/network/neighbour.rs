@@ -10,7 +10,7 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use super::netlink::Netlink;
 use super::spec::NeighborSpec;
-use crate::error::Result;
+use crate::error::{AgentError, Result};
 
 /// Adds (or replaces) a permanent neighbour entry on the link at `index`.
 pub fn add(nl: &mut Netlink, neighbor: &NeighborSpec, index: u32) -> Result<()> {
@@ -33,7 +33,7 @@ pub fn add(nl: &mut Netlink, neighbor: &NeighborSpec, index: u32) -> Result<()> 
     m.attributes.push(NeighbourAttribute::LinkLayerAddress(
         neighbor.mac.0.to_vec(),
     ));
-    nl.execute(
+    nl.change(
         &format!(
             "adding neighbour {} lladdr {} dev {}",
             neighbor.address, neighbor.mac, neighbor.device
@@ -41,4 +41,5 @@ pub fn add(nl: &mut Netlink, neighbor: &NeighborSpec, index: u32) -> Result<()> 
         RouteNetlinkMessage::NewNeighbour(m),
         NLM_F_CREATE | NLM_F_REPLACE,
     )
+    .map_err(AgentError::from)
 }

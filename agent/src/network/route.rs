@@ -10,7 +10,7 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use super::netlink::Netlink;
 use super::spec::{Family, RouteSpec};
-use crate::error::Result;
+use crate::error::{AgentError, Result};
 
 /// The output interface of a route, resolved to its index.
 pub type Oif = Option<u32>;
@@ -52,12 +52,13 @@ pub fn add(nl: &mut Netlink, route: &RouteSpec, oif: Oif) -> Result<()> {
     if route.metric > 0 {
         m.attributes.push(RouteAttribute::Priority(route.metric));
     }
-    nl.execute(
+    nl.change(
         &format!("adding route {}", describe(route)),
         RouteNetlinkMessage::NewRoute(m),
         // Replace: a second UpdateRoutes with the same routes succeeds.
         NLM_F_CREATE | NLM_F_REPLACE,
     )
+    .map_err(AgentError::from)
 }
 
 fn address(a: IpAddr) -> RouteAddress {

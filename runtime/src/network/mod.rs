@@ -16,7 +16,7 @@
 
 pub mod agent;
 pub mod dns;
-pub mod netlink;
+pub use husk_netlink as netlink;
 pub mod resolv;
 pub mod scan;
 pub mod tap;

@@ -1,10 +1,11 @@
 //! A small synchronous rtnetlink client: one request at a time, its answers
 //! read until the kernel's ack or the end of the dump.
 //!
-//! Synchronous on purpose: the network is wired once before the VM boots
-//! and taken down once, a handful of requests each, and a blocking socket in
-//! the calling thread's network namespace is what the tests (which move one
-//! thread into a namespace of their own) need too.
+//! Shared by the host runtime (wiring a container's network namespace to
+//! the VM's NICs) and the guest agent (configuring those NICs). Synchronous
+//! on purpose: each side makes a handful of requests once per sandbox, and a
+//! blocking socket in the calling thread's network namespace is what the
+//! tests (which move one thread into a namespace of their own) need too.
 
 use std::io;
 use std::os::fd::AsFd;
@@ -192,7 +193,7 @@ impl Netlink {
 
 /// `f` again while a signal interrupts it: a socket with a receive timeout
 /// is not restarted after a signal handler (the sandbox process has one
-/// for SIGTERM).
+/// for SIGTERM, the agent for SIGCHLD).
 fn retry_interrupted(mut f: impl FnMut() -> io::Result<usize>) -> Result<usize, Error> {
     loop {
         match f() {
