@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use husk_protocol::agent::Storage;
-use libcontainer::oci_spec::runtime::{LinuxResources, Process as OciProcess, Spec};
+use libcontainer::oci_spec::runtime::{
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResources, Process as OciProcess, Spec,
+};
 use tokio::sync::mpsc;
 
 use crate::cgroups;
@@ -43,6 +45,29 @@ impl ContainerEntry {
 
     fn init(&self) -> Option<Arc<Process>> {
         self.process(&self.init_exec_id.clone())
+    }
+}
+
+/// Which namespaces a new container joins instead of creating.
+#[derive(Debug, Default)]
+pub struct Joins<'a> {
+    /// The container whose init process's namespaces are joined.
+    pub container_id: &'a str,
+    /// Namespace types by their `/proc/<pid>/ns` names.
+    pub types: &'a [String],
+}
+
+/// The name of a namespace type's file under `/proc/<pid>/ns`.
+fn ns_file(typ: LinuxNamespaceType) -> &'static str {
+    match typ {
+        LinuxNamespaceType::Ipc => "ipc",
+        LinuxNamespaceType::Uts => "uts",
+        LinuxNamespaceType::Pid => "pid",
+        LinuxNamespaceType::Mount => "mnt",
+        LinuxNamespaceType::Network => "net",
+        LinuxNamespaceType::User => "user",
+        LinuxNamespaceType::Cgroup => "cgroup",
+        LinuxNamespaceType::Time => "time",
     }
 }
 
@@ -111,18 +136,21 @@ impl Sandbox {
         Ok(())
     }
 
-    /// Creates a container from its spec JSON.
+    /// Creates a container from its spec JSON, joining the namespaces
+    /// `joins` names.
     pub async fn create_container(
         &self,
         container_id: &str,
         exec_id: &str,
         spec_json: &str,
         rootfs: &str,
+        joins: &Joins<'_>,
     ) -> Result<()> {
         validate::container_id(container_id)?;
         validate::exec_id(exec_id)?;
-        let spec: Spec = serde_json::from_str(spec_json)
+        let mut spec: Spec = serde_json::from_str(spec_json)
             .map_err(|e| AgentError::InvalidArgument(format!("spec JSON: {e}")))?;
+        self.join_namespaces(&mut spec, joins)?;
         let rootfs = if rootfs.is_empty() {
             spec.root()
                 .as_ref()
@@ -164,6 +192,59 @@ impl Sandbox {
                 Err(err)
             }
         }
+    }
+
+    /// Points the spec's namespaces of the types `joins` lists at those of
+    /// the init process of container `joins.container_id` (a pod's
+    /// containers share its sandbox container's IPC, UTS and, when asked,
+    /// PID namespaces).
+    fn join_namespaces(&self, spec: &mut Spec, joins: &Joins<'_>) -> Result<()> {
+        if joins.types.is_empty() {
+            return Ok(());
+        }
+        let init = self
+            .container(joins.container_id)?
+            .init()
+            .filter(|p| p.exit_status().is_none())
+            .ok_or_else(|| {
+                AgentError::FailedPrecondition(format!(
+                    "container {} has no running process whose namespaces could be joined",
+                    joins.container_id
+                ))
+            })?;
+        let mut wanted = Vec::with_capacity(joins.types.len());
+        for name in joins.types {
+            wanted.push(match name.as_str() {
+                "ipc" => LinuxNamespaceType::Ipc,
+                "uts" => LinuxNamespaceType::Uts,
+                "pid" => LinuxNamespaceType::Pid,
+                other => {
+                    return Err(AgentError::InvalidArgument(format!(
+                        "namespace type {other:?} cannot be joined (ipc, uts or pid)"
+                    )))
+                }
+            });
+        }
+        let Some(linux) = spec.linux_mut() else {
+            return Ok(());
+        };
+        let namespaces = linux.namespaces_mut().get_or_insert_with(Vec::new);
+        for typ in wanted {
+            let path = PathBuf::from(format!("/proc/{}/ns/{}", init.pid, ns_file(typ)));
+            match namespaces.iter_mut().find(|ns| ns.typ() == typ) {
+                Some(ns) => {
+                    ns.set_path(Some(path));
+                }
+                None => namespaces.push(
+                    LinuxNamespaceBuilder::default()
+                        .typ(typ)
+                        .path(path)
+                        .build()
+                        .map_err(|e| AgentError::InvalidArgument(e.to_string()))?,
+                ),
+            }
+        }
+        Ok(())
     }
 
     /// Starts a created container.

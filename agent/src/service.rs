@@ -193,7 +193,16 @@ impl AgentService for Service {
         let result = async {
             self.sandbox.mount_storages(&req.storages)?;
             self.sandbox
-                .create_container(&req.container_id, &req.exec_id, &req.spec_json, &req.rootfs)
+                .create_container(
+                    &req.container_id,
+                    &req.exec_id,
+                    &req.spec_json,
+                    &req.rootfs,
+                    &crate::sandbox::Joins {
+                        container_id: &req.namespaces_of,
+                        types: &req.join_namespaces,
+                    },
+                )
                 .await
         }
         .await;

@@ -9,7 +9,8 @@
 //! - [`oci`]: bundles, the state document, hooks, the guest's spec.
 //! - [`store`]: containers' records under `--root`.
 //! - [`host_process`]: host processes named by pid and start time.
-//! - [`sandbox`]: the sandbox process and the process proxies.
+//! - [`service`]: one sandbox VM holding N containers, under both faces.
+//! - [`sandbox`]: the CLI's sandbox process and the process proxies.
 //! - [`network`]: the host side of the guest's NICs and of its DNS relay.
 //! - [`cli`]: the runc-compatible command line.
 //! - [`logging`]: logs in runc's text and JSON shapes.
@@ -26,4 +27,5 @@ pub mod oci;
 pub mod sandbox;
 pub mod sandbox_dir;
 pub mod sandbox_vm;
+pub mod service;
 pub mod store;

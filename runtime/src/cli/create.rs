@@ -31,7 +31,7 @@ use crate::oci::state::Status;
 use crate::sandbox::host_cgroup::HostCgroup;
 use crate::sandbox::proxy::{FORWARDED, INIT_EXEC_ID};
 use crate::sandbox::spawn::{spawn_self, Options, Reporter};
-use crate::sandbox::{daemon, share};
+use crate::sandbox::daemon;
 use crate::store::{Record, Store};
 
 /// How long `delete` waits for the sandbox process to take the VM down.
@@ -327,46 +327,9 @@ impl Drop for Created {
     }
 }
 
-/// Removes a sandbox directory a sandbox process left (it was killed):
-/// its binds first, and never through a mount still in place.
+/// Removes a sandbox directory a sandbox process left (it was killed).
 pub fn remove_sandbox_dir(dir: &Path) {
-    if !dir.exists() {
-        return;
-    }
-    kill_processes_using(dir);
-    share::unmount_all_under(dir);
-    if share::has_mounts_under(dir) {
-        tracing::error!(dir = %dir.display(), "mounts remain; not removing");
-        return;
-    }
-    let _ = std::fs::remove_dir_all(dir);
-}
-
-/// Kills what a killed sandbox process left running on this sandbox (its
-/// QEMU names the sandbox directory on its command line).
-fn kill_processes_using(dir: &Path) {
-    let Some(needle) = dir.to_str().map(|d| format!("{d}/")) else {
-        return;
-    };
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|p| p.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).contains(&needle) {
-            if let Some(process) = HostProcess::of(pid) {
-                tracing::warn!(pid, dir = %dir.display(), "killing a process left on the sandbox");
-                process.signal(libc::SIGKILL);
-            }
-        }
-    }
+    crate::service::remove_leftover(dir);
 }
 
 /// The proxy's command line (after the global flags).

@@ -27,6 +27,9 @@ mod tests;
 #[cfg(test)]
 mod testutil;
 
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::path::Path;
 use std::sync::Arc;
 
 use husk_vmm::devices::net::{NetConfig, Tap};
@@ -69,6 +72,14 @@ pub enum Error {
     /// The netlink socket.
     #[error(transparent)]
     Netlink(#[from] netlink::Error),
+    /// The network namespace named by path could not be joined.
+    #[error("network namespace {path}: {source}")]
+    Namespace {
+        /// Its path.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// One guest NIC's host side: a link of the namespace and its tap.
@@ -102,12 +113,44 @@ impl Nic {
 pub struct HostNetwork {
     scan: Scan,
     nics: Vec<Nic>,
+    /// The namespace, when it is not the calling thread's own.
+    netns: Option<Arc<File>>,
 }
 
 impl HostNetwork {
     /// Scans the calling thread's network namespace and wires each link it
     /// finds to a new tap. On failure nothing of it is left.
     pub fn wire() -> Result<Self, Error> {
+        Self::wire_netns(None)
+    }
+
+    /// As [`HostNetwork::wire`], in the network namespace at `path` (a
+    /// pod's, which containerd's CRI plugin made): the netlink work runs on
+    /// a thread of its own that joins it, so no thread of the caller moves.
+    pub fn wire_in(path: &Path) -> Result<Self, Error> {
+        let ns = File::open(path).map_err(|e| Error::Namespace {
+            path: path.to_owned(),
+            source: e,
+        })?;
+        let ns = Arc::new(ns);
+        let inner = Arc::clone(&ns);
+        in_netns(Some(&ns), move || Self::wire_netns(Some(inner)))
+            .map_err(|e| Error::Namespace {
+                path: path.to_owned(),
+                source: e,
+            })?
+    }
+
+    /// No NICs at all: the guest has only loopback.
+    pub fn none() -> Self {
+        Self {
+            scan: Scan::default(),
+            nics: Vec::new(),
+            netns: None,
+        }
+    }
+
+    fn wire_netns(netns: Option<Arc<File>>) -> Result<Self, Error> {
         let mut nl = Netlink::open()?;
         let scan = scan::scan(&mut nl).map_err(Error::Scan)?;
         if let Some(link) = scan.links.iter().find(|l| u16::try_from(l.mtu).is_err()) {
@@ -119,6 +162,7 @@ impl HostNetwork {
         let mut wired = Self {
             scan: Scan::default(),
             nics: Vec::new(),
+            netns,
         };
         for link in &scan.links {
             // On an error `wired` is dropped, which undoes the links
@@ -161,19 +205,47 @@ impl HostNetwork {
         if self.nics.is_empty() {
             return;
         }
-        let mut nl = match Netlink::open() {
-            Ok(nl) => nl,
-            Err(e) => {
-                tracing::warn!("removing the tc setup: {e}");
-                return;
-            }
-        };
-        for nic in self.nics.drain(..) {
-            if let Err(e) = tc::remove_ingress(&mut nl, nic.link.index) {
-                tracing::warn!(link = nic.link.name, "removing the tc setup: {e}");
-            }
+        let nics: Vec<Nic> = self.nics.drain(..).collect();
+        let netns = self.netns.clone();
+        if let Err(e) = in_netns(netns.as_ref(), move || unwire(nics)) {
+            tracing::warn!("removing the tc setup: joining the network namespace: {e}");
         }
     }
+}
+
+/// Removes the tc setup of `nics` in the calling thread's namespace.
+fn unwire(nics: Vec<Nic>) {
+    let mut nl = match Netlink::open() {
+        Ok(nl) => nl,
+        Err(e) => {
+            tracing::warn!("removing the tc setup: {e}");
+            return;
+        }
+    };
+    for nic in nics {
+        if let Err(e) = tc::remove_ingress(&mut nl, nic.link.index) {
+            tracing::warn!(link = nic.link.name, "removing the tc setup: {e}");
+        }
+    }
+}
+
+/// Runs `f` in the network namespace `ns` (on a thread of its own that
+/// joins it and then ends), or right here without one.
+fn in_netns<T: Send + 'static>(
+    ns: Option<&Arc<File>>,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<T> {
+    let Some(ns) = ns else { return Ok(f()) };
+    let ns = Arc::clone(ns);
+    std::thread::Builder::new()
+        .name("husk-netns".into())
+        .spawn(move || {
+            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(std::io::Error::from)?;
+            Ok(f())
+        })?
+        .join()
+        .map_err(|_| std::io::Error::other("the network namespace thread panicked"))?
 }
 
 impl Drop for HostNetwork {

@@ -1,0 +1,490 @@
+//! The sandbox service: one VM holding any number of containers, from boot
+//! to teardown. Both faces of husk drive it: the runc-style CLI's sandbox
+//! process holds a sandbox with one container ([`crate::sandbox::daemon`]),
+//! containerd's shim holds a pod's ([`crate::shim`]).
+//!
+//! [`Sandbox::boot`] wires the network namespace's links to taps, boots the
+//! VM, starts the DNS relay and gives the guest its network and hostname;
+//! [`Sandbox::create_container`] shares a bundle's root file system and
+//! bind sources with the guest and creates the container through the
+//! agent; [`Sandbox::remove_container`] undoes that for one container;
+//! [`Sandbox::down`] takes all of it down again, in an order in which no
+//! guest process sees its files vanish and nothing under a bind is ever
+//! deleted.
+
+pub mod stdio;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use husk_protocol::agent::*;
+use husk_protocol::agent_ttrpc::AgentServiceClient;
+
+use crate::agent_client::{agent_message, ctx};
+use crate::config::{Config, VmSize};
+use crate::host_process::HostProcess;
+use crate::hypervisor::{self, NicSpec, VmExit, VmSpec, FS_TAG};
+use crate::network::dns::DnsRelay;
+use crate::network::{self, HostNetwork};
+use crate::oci::bundle::Bundle;
+use crate::oci::guest_spec::{self, GUEST_SHARE};
+use crate::sandbox::share::{self, Share};
+use crate::sandbox_dir::SandboxDir;
+use crate::sandbox_vm::SandboxVm;
+
+/// How long the VM gets to power off after the agent destroyed the sandbox.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long the agent gets to remove a container.
+const REMOVE_TIMEOUT_SECS: u32 = 5;
+
+/// Why a sandbox or one of its containers could not be made; the message
+/// names the step and the cause, for one line on stderr or to containerd.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Error(String);
+
+impl Error {
+    fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
+impl From<String> for Error {
+    fn from(message: String) -> Self {
+        Self(message)
+    }
+}
+
+/// What a sandbox is booted with.
+#[derive(Debug, Clone)]
+pub struct SandboxOptions {
+    /// Its id (the CLI container's, or the pod sandbox's).
+    pub id: String,
+    /// The sandbox directory to create for the VM.
+    pub dir: SandboxDir,
+    /// vCPUs and memory.
+    pub size: VmSize,
+    /// The guest's hostname.
+    pub hostname: String,
+    /// The network namespace whose links become the guest's NICs.
+    pub network: Network,
+    /// Loopback nameservers the guest's DNS queries are relayed to (only
+    /// reachable from the calling thread's namespace).
+    pub dns_relay: Vec<IpAddr>,
+}
+
+/// Where the guest's NICs come from.
+#[derive(Debug, Clone)]
+pub enum Network {
+    /// The links of the calling thread's network namespace (the CLI's
+    /// sandbox process runs in the container's).
+    Current,
+    /// The links of the namespace at this path (a pod's, from CNI).
+    Join(PathBuf),
+    /// None: the guest has only loopback, as a container in a new, empty
+    /// namespace would.
+    Isolated,
+}
+
+/// Which namespaces of another container of the sandbox a new one joins.
+#[derive(Debug, Clone, Default)]
+pub struct Joins {
+    /// The container (a pod's sandbox container).
+    pub container_id: String,
+    /// `ipc`, `uts`, `pid`.
+    pub types: Vec<String>,
+}
+
+/// A running sandbox: the VM with its agent, each container's share binds,
+/// the host side of its network and the DNS relay.
+pub struct Sandbox {
+    id: String,
+    vm: SandboxVm,
+    shares: HashMap<String, Share>,
+    network: HostNetwork,
+    dns: Option<DnsRelay>,
+}
+
+impl Sandbox {
+    /// Wires the network, boots the VM and sets the guest up (hostname,
+    /// shared directory, NICs, routes, neighbours). On failure nothing of
+    /// it is left.
+    pub async fn boot(config: &Config, options: SandboxOptions) -> Result<Self, Error> {
+        let id = options.id.clone();
+        let host = husk_vmm::machine::HostCheck::run();
+        let (backend, _) = config.hypervisor.resolve(&host);
+        let mut kernel_args = Vec::new();
+        if config.guest.debug_console {
+            kernel_args.push("loglevel=7".to_owned());
+        }
+        kernel_args.extend(
+            config
+                .guest
+                .kernel_params
+                .split_whitespace()
+                .map(str::to_owned),
+        );
+        // Dropping `network` on any failure below removes the tc setup.
+        let network = wire_network(options.network.clone()).await?;
+        tracing::info!(
+            stage = "network",
+            sandbox = %id,
+            nics = network.nics().len(),
+            routes = network.scan().routes.len(),
+            neighbours = network.scan().neighbours.len(),
+            dns_relay = options.dns_relay.len(),
+            "network wired"
+        );
+        let spec = VmSpec {
+            vcpus: options.size.vcpus,
+            memory_mib: options.size.memory_mib,
+            kernel: config.guest.kernel.clone(),
+            initrd: config.guest.image.clone(),
+            kernel_args,
+            sandbox: options.dir.clone(),
+            nics: network
+                .nics()
+                .iter()
+                .map(|nic| NicSpec {
+                    tap: nic.tap(),
+                    config: nic.config(),
+                })
+                .collect(),
+        };
+        let hv = hypervisor::new_hypervisor(backend, &config.qemu, &host);
+        let timeout = Duration::from_secs(config.guest.boot_timeout_secs.into());
+        let vm = SandboxVm::boot(hv, spec, timeout)
+            .await
+            .map_err(|e| Error::new(e.to_string()))?;
+        // The sandbox directory exists only now; the guest can ask no
+        // query before CreateSandbox hands it the nameservers.
+        let dns = if options.dns_relay.is_empty() {
+            None
+        } else {
+            let socket = dns_relay_socket(vm.dir().path());
+            match DnsRelay::start(&socket, options.dns_relay.clone()) {
+                Ok(relay) => Some(relay),
+                Err(e) => {
+                    let _ = vm.shutdown(Duration::ZERO).await;
+                    return Err(Error::new(format!(
+                        "the DNS relay cannot listen on {}: {e}",
+                        socket.display()
+                    )));
+                }
+            }
+        };
+        let sandbox = Self {
+            id,
+            vm,
+            shares: HashMap::new(),
+            network,
+            dns,
+        };
+        if let Err(e) = sandbox.set_up_guest(&options).await {
+            sandbox.down().await;
+            return Err(e);
+        }
+        Ok(sandbox)
+    }
+
+    /// The sandbox's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The agent's client.
+    pub fn agent(&self) -> &AgentServiceClient {
+        self.vm.agent()
+    }
+
+    /// The sandbox directory.
+    pub fn dir(&self) -> &SandboxDir {
+        self.vm.dir()
+    }
+
+    /// The host process running the VM (QEMU), if it is not this one.
+    pub fn vm_pid(&self) -> Option<u32> {
+        self.vm.pid()
+    }
+
+    /// Resolves once the VM has ended by itself, with how.
+    pub async fn ended(&mut self, poll: Duration) -> VmExit {
+        self.vm.ended(poll).await
+    }
+
+    async fn set_up_guest(&self, options: &SandboxOptions) -> Result<(), Error> {
+        self.configure_network().await?;
+        let storage = Storage {
+            driver: "virtiofs".into(),
+            source: FS_TAG.into(),
+            mount_point: GUEST_SHARE.into(),
+            ..Default::default()
+        };
+        self.agent()
+            .create_sandbox(
+                ctx(),
+                &CreateSandboxRequest {
+                    hostname: options.hostname.clone(),
+                    storages: vec![storage],
+                    sandbox_id: self.id.clone(),
+                    dns_relay: options.dns_relay.iter().map(ToString::to_string).collect(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| {
+                Error::new(format!(
+                    "creating the sandbox in the guest: {}",
+                    agent_message(&e)
+                ))
+            })?;
+        Ok(())
+    }
+
+    /// Creates container `id` of `bundle` in the guest (its init process
+    /// waits for StartContainer under `exec_id`), sharing its root file
+    /// system and bind sources first. On failure its binds are undone.
+    pub async fn create_container(
+        &mut self,
+        id: &str,
+        exec_id: &str,
+        bundle: &Bundle,
+        joins: Option<&Joins>,
+    ) -> Result<(), Error> {
+        if self.shares.contains_key(id) {
+            return Err(Error::new(format!(
+                "container {id} already exists in sandbox {}",
+                self.id
+            )));
+        }
+        let guest = guest_spec::translate(&bundle.spec, id, &bundle.rootfs)
+            .map_err(|e| Error::new(e.to_string()))?;
+        let share = Share::mount(&self.vm.dir().shared_dir(), &guest.binds)
+            .map_err(|e| Error::new(e.to_string()))?;
+        let spec_json = serde_json::to_string(&guest.spec).map_err(|e| Error::new(e.to_string()))?;
+        let joins = joins.cloned().unwrap_or_default();
+        let created = self
+            .agent()
+            .create_container(
+                ctx(),
+                &CreateContainerRequest {
+                    container_id: id.into(),
+                    exec_id: exec_id.into(),
+                    spec_json,
+                    rootfs: guest.rootfs.clone(),
+                    namespaces_of: joins.container_id,
+                    join_namespaces: joins.types,
+                    ..Default::default()
+                },
+            )
+            .await;
+        if let Err(e) = created {
+            drop(share);
+            self.remove_share_dir(id);
+            return Err(Error::new(format!(
+                "creating the container in the guest: {}",
+                agent_message(&e)
+            )));
+        }
+        self.shares.insert(id.to_owned(), share);
+        tracing::info!(stage = "container-created", sandbox = %self.id, container = id, "container created");
+        Ok(())
+    }
+
+    /// Removes container `id` from the guest (killing what still runs)
+    /// and unshares its files.
+    pub async fn remove_container(&mut self, id: &str) {
+        let removed = self
+            .agent()
+            .remove_container(
+                ctx(),
+                &RemoveContainerRequest {
+                    container_id: id.into(),
+                    timeout_secs: REMOVE_TIMEOUT_SECS,
+                    ..Default::default()
+                },
+            )
+            .await;
+        if let Err(e) = removed {
+            tracing::debug!(container = id, "removing the container: {}", agent_message(&e));
+        }
+        if let Some(mut share) = self.shares.remove(id) {
+            share.unmount();
+            self.remove_share_dir(id);
+        }
+    }
+
+    /// The container's directory under the share, once nothing is bound
+    /// under it any more.
+    fn remove_share_dir(&self, id: &str) {
+        let dir = self.vm.dir().shared_dir().join(id);
+        if !share::has_mounts_under(&dir) {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+
+    /// Gives the guest's NICs their links' names, addresses and MTUs, then
+    /// the routes through them, then the permanent neighbours.
+    async fn configure_network(&self) -> Result<(), Error> {
+        let agent = self.agent();
+        for nic in self.network.nics() {
+            agent
+                .update_interface(
+                    ctx(),
+                    &UpdateInterfaceRequest {
+                        interface: Some(network::agent::interface(&nic.link)).into(),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(|e| {
+                    Error::new(format!(
+                        "configuring the guest's {}: {}",
+                        nic.link.name,
+                        agent_message(&e)
+                    ))
+                })?;
+        }
+        let scan = self.network.scan();
+        if !scan.routes.is_empty() {
+            agent
+                .update_routes(
+                    ctx(),
+                    &UpdateRoutesRequest {
+                        routes: scan.routes.iter().map(network::agent::route).collect(),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(|e| {
+                    Error::new(format!("adding the guest's routes: {}", agent_message(&e)))
+                })?;
+        }
+        if !scan.neighbours.is_empty() {
+            agent
+                .add_arp_neighbors(
+                    ctx(),
+                    &AddArpNeighborsRequest {
+                        neighbors: scan
+                            .neighbours
+                            .iter()
+                            .map(network::agent::neighbor)
+                            .collect(),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(|e| {
+                    Error::new(format!(
+                        "adding the guest's neighbours: {}",
+                        agent_message(&e)
+                    ))
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Removes every container, unmounts the share, stops the VM and
+    /// removes the sandbox directory, in that order.
+    pub async fn down(mut self) {
+        let ids: Vec<String> = self.shares.keys().cloned().collect();
+        for id in ids {
+            self.remove_container(&id).await;
+        }
+        let dir = self.vm.dir().path().to_owned();
+        share::unmount_all_under(&dir);
+        if share::has_mounts_under(&dir) {
+            // Never let the directory's removal reach into a host path.
+            tracing::error!(sandbox = %self.id, dir = %dir.display(), "binds still mounted; keeping the sandbox directory");
+            std::mem::forget(self.vm);
+            drop(self.dns);
+            self.network.teardown();
+            return;
+        }
+        if let Err(e) = self.vm.shutdown(SHUTDOWN_GRACE).await {
+            tracing::warn!(sandbox = %self.id, "stopping the VM: {e}");
+        }
+        drop(self.dns);
+        // The taps closed with the VM; the links get their frames back.
+        self.network.teardown();
+    }
+}
+
+/// Wires the namespace's links to taps (blocking netlink calls, off the
+/// async threads).
+async fn wire_network(network: Network) -> Result<HostNetwork, Error> {
+    let wired = tokio::task::spawn_blocking(move || match network {
+        Network::Current => HostNetwork::wire(),
+        Network::Join(path) => HostNetwork::wire_in(&path),
+        Network::Isolated => Ok(HostNetwork::none()),
+    })
+    .await
+    .map_err(|e| Error::new(format!("wiring the container's network: {e}")))?;
+    wired.map_err(|e| Error::new(format!("wiring the container's network: {e}")))
+}
+
+/// Removes a sandbox directory whose owner (a CLI sandbox process or a
+/// shim) was killed: kills what still runs on it (its QEMU), then unmounts
+/// its binds, and never removes through a mount still in place.
+pub fn remove_leftover(dir: &Path) {
+    if !dir.exists() {
+        return;
+    }
+    kill_processes_using(dir);
+    share::unmount_all_under(dir);
+    if share::has_mounts_under(dir) {
+        tracing::error!(dir = %dir.display(), "mounts remain; not removing");
+        return;
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Kills what a killed owner left running on this sandbox (its QEMU names
+/// the sandbox directory on its command line).
+fn kill_processes_using(dir: &Path) {
+    let Some(needle) = dir.to_str().map(|d| format!("{d}/")) else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&needle) {
+            if let Some(process) = HostProcess::of(pid) {
+                tracing::warn!(pid, dir = %dir.display(), "killing a process left on the sandbox");
+                process.signal(libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Where the guest's connections to the DNS relay's vsock port arrive:
+/// `<sandbox>/vsock.sock_<port>`.
+fn dns_relay_socket(dir: &Path) -> PathBuf {
+    let mut path = crate::sandbox_dir::vsock_socket_in(dir).into_os_string();
+    path.push(format!("_{}", husk_protocol::DNS_RELAY_VSOCK_PORT));
+    PathBuf::from(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dns_relay_listens_where_the_vsock_device_sends_guest_connections_to_port_1025() {
+        assert_eq!(
+            dns_relay_socket(Path::new("/run/husk/sandboxes/abc")),
+            Path::new("/run/husk/sandboxes/abc/vsock.sock_1025")
+        );
+    }
+}
