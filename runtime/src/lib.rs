@@ -12,7 +12,8 @@
 //! - [`service`]: one sandbox VM holding N containers, under both faces.
 //! - [`sandbox`]: the CLI's sandbox process and the process proxies.
 //! - [`network`]: the host side of the guest's NICs and of its DNS relay.
-//! - [`cli`]: the runc-compatible command line.
+//! - [`cli`]: the runc-compatible command line (one face).
+//! - [`shim`]: containerd's shim v2 (the other face).
 //! - [`logging`]: logs in runc's text and JSON shapes.
 
 pub mod agent_client;
@@ -28,4 +29,5 @@ pub mod sandbox;
 pub mod sandbox_dir;
 pub mod sandbox_vm;
 pub mod service;
+pub mod shim;
 pub mod store;

@@ -59,7 +59,10 @@ pub enum Error {
 /// A running sandbox VM with a connected agent.
 pub struct SandboxVm {
     dir: SandboxDir,
-    hypervisor: Box<dyn Hypervisor>,
+    /// Behind a mutex only so that a `&SandboxVm` may cross threads (the
+    /// backends are `Send`, not `Sync`); `&mut self` methods reach it
+    /// without locking.
+    hypervisor: std::sync::Mutex<Box<dyn Hypervisor>>,
     agent: AgentServiceClient,
 }
 
@@ -106,7 +109,7 @@ impl SandboxVm {
                 tracing::info!(stage = "agent-answers", "agent answers");
                 Ok(Self {
                     dir,
-                    hypervisor,
+                    hypervisor: std::sync::Mutex::new(hypervisor),
                     agent,
                 })
             }
@@ -140,14 +143,18 @@ impl SandboxVm {
 
     /// The host process running the VM, if any.
     pub fn pid(&self) -> Option<u32> {
-        self.hypervisor.pid()
+        self.hypervisor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pid()
     }
 
     /// Resolves once the VM has ended by itself (the guest powered off or
     /// crashed, QEMU died), with how; checked every `poll`. Works the same
     /// for a VM in its own process and one in this process.
     pub async fn ended(&mut self, poll: Duration) -> VmExit {
-        vm_ended(self.hypervisor.as_mut(), poll).await
+        let hypervisor = self.hypervisor.get_mut().unwrap_or_else(|e| e.into_inner());
+        vm_ended(hypervisor.as_mut(), poll).await
     }
 
     /// Destroys the sandbox in the guest, waits up to `grace` for the VM to
@@ -163,7 +170,11 @@ impl SandboxVm {
             tracing::warn!(sandbox = %self.dir.path().display(), "DestroySandbox failed: {e}");
         }
         drop(self.agent);
-        teardown(self.hypervisor, self.dir, grace).await
+        let hypervisor = self
+            .hypervisor
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner());
+        teardown(hypervisor, self.dir, grace).await
     }
 }
 

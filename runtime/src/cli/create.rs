@@ -28,10 +28,10 @@ use crate::oci::bundle::Bundle;
 use crate::oci::hooks;
 use crate::oci::netns::NetworkNamespace;
 use crate::oci::state::Status;
+use crate::sandbox::daemon;
 use crate::sandbox::host_cgroup::HostCgroup;
 use crate::sandbox::proxy::{FORWARDED, INIT_EXEC_ID};
 use crate::sandbox::spawn::{spawn_self, Options, Reporter};
-use crate::sandbox::daemon;
 use crate::store::{Record, Store};
 
 /// How long `delete` waits for the sandbox process to take the VM down.

@@ -134,11 +134,12 @@ impl HostNetwork {
         })?;
         let ns = Arc::new(ns);
         let inner = Arc::clone(&ns);
-        in_netns(Some(&ns), move || Self::wire_netns(Some(inner)))
-            .map_err(|e| Error::Namespace {
+        in_netns(Some(&ns), move || Self::wire_netns(Some(inner))).map_err(|e| {
+            Error::Namespace {
                 path: path.to_owned(),
                 source: e,
-            })?
+            }
+        })?
     }
 
     /// No NICs at all: the guest has only loopback.

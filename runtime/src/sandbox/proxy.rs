@@ -23,8 +23,8 @@ use tokio::signal::unix::{signal, SignalKind};
 use super::host_cgroup::HostCgroup;
 use super::spawn::Reporter;
 use super::tty;
-use crate::service::stdio::{pump_output, pump_stdin, DRAIN_TIMEOUT};
 use crate::agent_client::{self, agent_message, ctx};
+use crate::service::stdio::{pump_output, pump_stdin, DRAIN_TIMEOUT};
 
 /// The exec id of every container's init process.
 pub const INIT_EXEC_ID: &str = "init";

@@ -263,7 +263,8 @@ impl Sandbox {
             .map_err(|e| Error::new(e.to_string()))?;
         let share = Share::mount(&self.vm.dir().shared_dir(), &guest.binds)
             .map_err(|e| Error::new(e.to_string()))?;
-        let spec_json = serde_json::to_string(&guest.spec).map_err(|e| Error::new(e.to_string()))?;
+        let spec_json =
+            serde_json::to_string(&guest.spec).map_err(|e| Error::new(e.to_string()))?;
         let joins = joins.cloned().unwrap_or_default();
         let created = self
             .agent()
@@ -308,7 +309,11 @@ impl Sandbox {
             )
             .await;
         if let Err(e) = removed {
-            tracing::debug!(container = id, "removing the container: {}", agent_message(&e));
+            tracing::debug!(
+                container = id,
+                "removing the container: {}",
+                agent_message(&e)
+            );
         }
         if let Some(mut share) = self.shares.remove(id) {
             share.unmount();

@@ -22,7 +22,7 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Host input → the process's stdin; end of input closes it.
 pub async fn pump_stdin(agent: Arc<AgentServiceClient>, id: (String, String), input: Option<File>) {
     let Some(mut input) = input else { return };
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
     // Reads block; a thread of its own keeps them off the runtime. It ends
     // with the process (the proxy exits) if the input never closes.
     std::thread::spawn(move || {
@@ -38,7 +38,17 @@ pub async fn pump_stdin(agent: Arc<AgentServiceClient>, id: (String, String), in
             }
         }
     });
-    while let Some(mut data) = rx.recv().await {
+    forward_stdin(agent, id, rx).await;
+}
+
+/// What arrives on `input` → the process's stdin; when the sender goes,
+/// the stdin is closed.
+pub async fn forward_stdin(
+    agent: Arc<AgentServiceClient>,
+    id: (String, String),
+    mut input: tokio::sync::mpsc::Receiver<Vec<u8>>,
+) {
+    while let Some(mut data) = input.recv().await {
         while !data.is_empty() {
             let reply = agent
                 .write_stdin(
@@ -113,4 +123,3 @@ pub async fn pump_output(
         }
     }
 }
-
