@@ -654,3 +654,75 @@ fn garbage(socket: &std::path::Path) {
     let mut answer = [0u8; 64];
     let _ = stream.read(&mut answer);
 }
+
+/// A pod's containers share its sandbox container's UTS, IPC and (when
+/// asked) PID namespaces: a member created with `join_namespaces` sees the
+/// sandbox's hostname and its processes; one that joins nothing sees its own.
+#[tokio::test]
+async fn a_pod_member_joins_its_sandbox_containers_namespaces() {
+    let agent = Agent::start();
+    let client = agent.client().await;
+    let pause = unique_id("pause");
+    let mut pause_spec = spec(&["sleep", "1000"]);
+    pause_spec.set_hostname(Some("the-pod".into()));
+    create(&client, &pause, &pause_spec)
+        .await
+        .expect("create pause");
+    start(&client, &pause).await;
+
+    let member = unique_id("member");
+    let mut member_spec = spec(&[
+        "sh",
+        "-c",
+        "hostname; ps -o comm= 2>/dev/null || ls /proc | grep -c '^[0-9]'",
+    ]);
+    member_spec.set_hostname(None);
+    let created = client
+        .create_container(
+            ctx(),
+            &CreateContainerRequest {
+                container_id: member.clone(),
+                exec_id: "init".into(),
+                spec_json: serde_json::to_string(&member_spec).expect("spec json"),
+                rootfs: busybox_rootfs().display().to_string(),
+                namespaces_of: pause.clone(),
+                join_namespaces: vec!["uts".into(), "ipc".into(), "pid".into()],
+                ..Default::default()
+            },
+        )
+        .await;
+    created.expect("create member");
+    start(&client, &member).await;
+    let out =
+        String::from_utf8_lossy(&read_all(&client, &member, "init", false).await).into_owned();
+    assert_eq!(wait(&client, &member, "init").await, 0, "{out}");
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("the-pod"), "{out}");
+    assert!(out.contains("sleep"), "the pause process is visible: {out}");
+
+    // Joining a container that does not exist, or a type that cannot be
+    // joined, is refused by name.
+    for (of, types, want) in [
+        ("nosuch", vec!["ipc".to_string()], "nosuch"),
+        (pause.as_str(), vec!["net".to_string()], "cannot be joined"),
+    ] {
+        let err = client
+            .create_container(
+                ctx(),
+                &CreateContainerRequest {
+                    container_id: unique_id("bad"),
+                    exec_id: "init".into(),
+                    spec_json: serde_json::to_string(&spec(&["true"])).expect("spec json"),
+                    rootfs: busybox_rootfs().display().to_string(),
+                    namespaces_of: of.into(),
+                    join_namespaces: types,
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect_err("refused");
+        assert!(format!("{err:?}").contains(want), "{err:?}");
+    }
+    remove(&client, &member).await;
+    remove(&client, &pause).await;
+}
