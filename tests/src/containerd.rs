@@ -120,7 +120,8 @@ pub struct Containerd {
     /// namespaces `cni-<uuid>` there, and any new one at teardown is a
     /// leftover.
     netns_before: BTreeSet<String>,
-    /// Shim sockets and ctr FIFO directories that existed before.
+    /// Shim sockets, ctr FIFO directories and libcni results that existed
+    /// before.
     shared_before: BTreeSet<PathBuf>,
     /// Directories outside the test's own that containerd, its shims or
     /// CNI create on first use and that did not exist before.
@@ -183,7 +184,7 @@ impl Containerd {
             child: None,
             netns: None,
             netns_before: list_names(Path::new(netns::RUN_NETNS)),
-            shared_before: [SHIM_SOCKETS, CTR_FIFOS]
+            shared_before: [SHIM_SOCKETS, CTR_FIFOS, CNI_RESULTS]
                 .iter()
                 .flat_map(|d| list_paths(Path::new(d)))
                 .collect(),
@@ -233,6 +234,17 @@ impl Containerd {
     /// `io.containerd.runtime.v2.task/<namespace>/<id>/`).
     pub fn state_dir(&self) -> PathBuf {
         self.layout.dir.join("state")
+    }
+
+    /// containerd's PID (None once stopped).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Where containerd keeps each task's bundle (`<namespace>/<id>/`,
+    /// with the OCI `config.json` the shim is given).
+    pub fn tasks_dir(&self) -> PathBuf {
+        self.state_dir().join("io.containerd.runtime.v2.task")
     }
 
     /// The runtimes registered, `runc` included.
@@ -456,11 +468,7 @@ impl Containerd {
         if std::mem::replace(&mut self.torn_down, true) {
             return Leftovers::default();
         }
-        let ids = if self.child.is_some() {
-            self.remove_everything()
-        } else {
-            Vec::new()
-        };
+        let ids = self.remove_everything();
         docker::stop(self.child.take(), "containerd");
 
         let mut markers = vec![
@@ -492,12 +500,28 @@ impl Containerd {
     /// `ctr` (what `ctr run` left, or what CRI could not remove); returns
     /// the (namespace, ID) of each container seen, pods' sandboxes
     /// included, to find their leftovers by.
-    fn remove_everything(&self) -> Vec<(String, String)> {
-        let mut ids = Vec::new();
+    fn remove_everything(&mut self) -> Vec<(String, String)> {
+        // The tasks' bundles name them even when containerd is gone.
+        let mut ids: Vec<(String, String)> = Vec::new();
+        for ns in list_paths(&self.tasks_dir()) {
+            if let Some(name) = ns.file_name().and_then(|n| n.to_str()) {
+                ids.extend(list_names(&ns).into_iter().map(|id| (name.to_owned(), id)));
+            }
+        }
+        // ctr and gRPC would wait out their dial timeouts on a dead daemon.
+        let running = self
+            .child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+        if !running {
+            return ids;
+        }
         let namespaces = self.ctr_lines("default", &["namespaces", "ls", "-q"]);
         for ns in &namespaces {
             for id in self.ctr_lines(ns, &["containers", "ls", "-q"]) {
-                ids.push((ns.clone(), id));
+                if !ids.iter().any(|(n, i)| n == ns && *i == id) {
+                    ids.push((ns.clone(), id));
+                }
             }
         }
         if let Ok(cri) = self.cri().map(|c| c.with_timeout(REMOVE_TIMEOUT)) {
@@ -542,7 +566,7 @@ impl Containerd {
         }
     }
 
-    /// Shim sockets and ctr FIFO directories made during the test, runc
+    /// Shim sockets, ctr FIFO directories and CNI results made during the test, runc
     /// state and runtime state of the containers `ids`, libcni results of
     /// the test's network, and the containers' cgroups.
     fn leftover_paths(&self, ids: &[(String, String)]) -> Vec<PathBuf> {
@@ -561,11 +585,20 @@ impl Containerd {
                 paths.extend(leftovers::entries_named(dir, &names, 3));
             }
         }
-        let prefix = format!("{}-", self.layout.network);
-        paths.extend(list_paths(Path::new(CNI_RESULTS)).into_iter().filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
-        }));
+        // The pod network's results, and the loopback's the CRI plugin
+        // adds for every pod (`cni-loopback-<pod>-lo`).
+        let prefixes = [format!("{}-", self.layout.network), "cni-loopback-".into()];
+        paths.extend(
+            list_paths(Path::new(CNI_RESULTS))
+                .into_iter()
+                .filter(|p| !self.shared_before.contains(p))
+                .filter(|p| {
+                    p.file_name().is_some_and(|n| {
+                        let n = n.to_string_lossy();
+                        prefixes.iter().any(|prefix| n.starts_with(prefix.as_str()))
+                    })
+                }),
+        );
         paths.retain(|p| p.exists());
         paths.extend(leftovers::cgroups(&self.cgroup_parent));
         paths
@@ -650,15 +683,15 @@ impl Containerd {
         if docker::remove_tree(&self.layout.dir).is_err() {
             failed.push(self.layout.dir.clone());
         }
-        // runc's per-namespace directories under its default root, then
-        // the directories that did not exist before, deepest first; one
+        // The directories that did not exist before, deepest first (with
+        // the per-namespace ones runc makes under its default root); one
         // someone else now uses is not empty and stays.
-        for ns in list_paths(Path::new(RUNC_DEFAULT_ROOT)) {
-            if self
-                .host_dirs
-                .iter()
-                .any(|d| d == Path::new(RUNC_DEFAULT_ROOT))
-            {
+        if self
+            .host_dirs
+            .iter()
+            .any(|d| d == Path::new(RUNC_DEFAULT_ROOT))
+        {
+            for ns in list_paths(Path::new(RUNC_DEFAULT_ROOT)) {
                 let _ = std::fs::remove_dir(ns);
             }
         }

@@ -86,6 +86,9 @@ pub fn config_toml(layout: &Layout, runtimes: &[ShimRuntime]) -> String {
          \x20 # The host's AppArmor profiles are the machine's, not the test's.\n\
          \x20 disable_apparmor = true\n\
          \x20 enable_selinux = false\n\
+         \x20 # Sandboxes ask for oom_score_adj -998, which needs CAP_SYS_RESOURCE\n\
+         \x20 # (not granted on these machines): none lower than containerd's own.\n\
+         \x20 restrict_oom_score_adj = true\n\
          [{cri}.cni]\n\
          \x20 bin_dir = {bin_dir}\n\
          \x20 conf_dir = {conf_dir}\n\

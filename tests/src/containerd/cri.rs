@@ -194,16 +194,32 @@ impl Cri {
     }
 
     /// `CreateContainer` in pod `pod_id` (whose configuration was `pod`);
-    /// the container's ID.
+    /// the container's ID. A container without namespace options gets the
+    /// pod's, as the kubelet sends them: the CRI default would share the
+    /// sandbox's PID namespace whatever the pod says.
     pub fn create_container(
         &self,
         pod_id: &str,
         config: &api::ContainerConfig,
         pod: &api::PodSandboxConfig,
     ) -> Result<String> {
+        let mut config = config.clone();
+        let pod_namespaces = pod
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|c| c.namespace_options.clone());
+        let context = config
+            .linux
+            .get_or_insert_with(Default::default)
+            .security_context
+            .get_or_insert_with(Default::default);
+        if context.namespace_options.is_none() {
+            context.namespace_options = pod_namespaces;
+        }
         let req = api::CreateContainerRequest {
             pod_sandbox_id: pod_id.into(),
-            config: Some(config.clone()),
+            config: Some(config),
             sandbox_config: Some(pod.clone()),
         };
         Ok(self
