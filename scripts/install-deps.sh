@@ -6,14 +6,18 @@ set -euo pipefail
 
 readonly PACKAGES=(
     # building: C toolchain for -sys crates, libseccomp for the agent's
-    # seccomp (linked statically into the guest agent), pkg-config
-    build-essential pkg-config libseccomp-dev
+    # seccomp (linked statically into the guest agent), pkg-config;
+    # protoc for the CRI API that k8s-cri generates (husk-tests)
+    build-essential pkg-config libseccomp-dev protobuf-compiler
     # tests: busybox root file systems, unshare, payload assembly
     busybox-static util-linux binutils
     # peers measured beside husk, and the OCI runtimes' own tooling
     crun runc
     # Docker end-to-end test (tests/tests/docker_e2e.rs runs its own daemons)
     docker.io containerd
+    # Kubernetes end-to-end test (runtime/tests/kubernetes.rs): containerd's
+    # CRI plugin gives pods networks with the CNI plugins
+    containernetworking-plugins
     # Podman network test (runtime/tests/docker_network.rs): Debian's podman
     # and the network backend its containers-common recommends (netavark,
     # aardvark-dns for names; the alternative is the older CNI plugins)

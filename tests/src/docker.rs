@@ -43,6 +43,8 @@ pub const DOCKERD: &str = "/usr/sbin/dockerd";
 pub const CONTAINERD: &str = "/usr/bin/containerd";
 /// What the daemons need besides themselves: containerd's runc shim and runc.
 const HELPERS: [&str; 2] = ["/usr/bin/containerd-shim-runc-v2", "/usr/sbin/runc"];
+/// The PATH daemons get: Debian's binaries, not /usr/local ones.
+pub const DAEMON_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 /// The Debian packages that provide all of the above.
 pub const PACKAGES: [&str; 2] = ["docker.io", "containerd"];
 
@@ -659,14 +661,17 @@ fn ensure_installed() -> Result<()> {
     Ok(())
 }
 
-/// Starts a daemon with its output in `log`, a fixed PATH (Debian's
-/// binaries, not /usr/local ones), `root` in its environment (inherited by
+/// Starts a daemon with its output in `log`, a fixed PATH
+/// ([`DAEMON_PATH`] unless `cmd` sets one), `root` in its environment (inherited by
 /// shims, runtimes and VMs, so leftovers are found by it), and SIGTERM if
 /// the test thread dies.
-fn spawn_daemon(mut cmd: Command, root: &Path, log: &Path) -> Result<Child> {
+pub(crate) fn spawn_daemon(mut cmd: Command, root: &Path, log: &Path) -> Result<Child> {
     let out = std::fs::File::create(log)?;
-    cmd.env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("HUSK_E2E_DOCKER_ROOT", root)
+    // A PATH the caller set (shims under test first) is kept.
+    if !cmd.get_envs().any(|(key, _)| key == "PATH") {
+        cmd.env("PATH", DAEMON_PATH);
+    }
+    cmd.env("HUSK_E2E_DOCKER_ROOT", root)
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out);
@@ -700,7 +705,7 @@ fn sandbox_of(path: &Path) -> PathBuf {
 /// `remove_dir_all`, refused while anything is still mounted below `dir`
 /// (it would delete through the mount, e.g. into a bind-mounted host
 /// directory).
-fn remove_tree(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn remove_tree(dir: &Path) -> std::io::Result<()> {
     if !dir.exists() {
         return Ok(());
     }
@@ -715,7 +720,7 @@ fn remove_tree(dir: &Path) -> std::io::Result<()> {
 }
 
 /// SIGTERM, then SIGKILL if `child` is still running after [`STOP_TIMEOUT`].
-fn stop(child: Option<Child>, name: &str) {
+pub(crate) fn stop(child: Option<Child>, name: &str) {
     let Some(mut child) = child else {
         return;
     };

@@ -4,11 +4,14 @@
 //! - [`rootfs`]: a busybox container root file system.
 //! - [`containers`]: driving containers through the agent API.
 //! - [`docker`]: a private containerd + dockerd for Docker end-to-end tests.
+//! - [`containerd`]: a private containerd with its CRI plugin, a CRI client
+//!   and offline images for Kubernetes end-to-end tests.
 //! - [`netns`]: a network namespace of the test's own for networked daemons.
 //! - [`podman`]: a private Podman (root, runroot, storage, networks).
 //! - [`bench`]: what the benchmarks share (medians, runc and crun beside husk).
 
 pub mod bench;
+pub mod containerd;
 pub mod containers;
 pub mod docker;
 pub mod guest;

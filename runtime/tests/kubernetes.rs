@@ -1,0 +1,461 @@
+//! Kubernetes end to end, the kubelet's way: a private containerd (Debian's
+//! 1.6, its CRI plugin on) runs inside a network namespace of the test's
+//! own, with offline busybox and pause images, and the test speaks CRI to
+//! it as a kubelet would. One pod of two containers sharing an emptyDir
+//! and the pod's network (A serves HTTP, B fetches from it over
+//! 127.0.0.1), ExecSync, the CRI log format, exit codes, an OOM kill under
+//! a memory limit, stats, then the pod's stop and removal; and `ctr run`
+//! and `ctr task exec` with the runtime's shim directly. After teardown no
+//! process, mount, pod namespace or state may remain.
+//!
+//! [`pod_scenario`] takes the CRI handler and containerd runtime type:
+//! `cri_pod_with_runc_handler` proves the harness and the checks with
+//! containerd's own runc shim; husk's shim (`containerd-shim-husk-v2`,
+//! handler `husk`) runs the same function.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use husk_tests::containerd::cri::{self, api, ContainerConfig, Cri};
+use husk_tests::containerd::{images, Containerd, ShimRuntime};
+
+/// The memory limit of the container that must be OOM-killed.
+const OOM_LIMIT: i64 = 32 << 20;
+/// How long a container may take to reach a state (under husk each pod
+/// boots a VM on TCG).
+const WAIT: Duration = Duration::from_secs(120);
+/// The port container A's httpd listens on in the pod's network.
+const PORT: u16 = 8080;
+/// What A serves from the shared emptyDir.
+const PAGE: &str = "page-written-by-a";
+
+#[test]
+fn cri_pod_with_runc_handler() {
+    let runc = ShimRuntime::new("runc", "io.containerd.runc.v2", None);
+    pod_scenario(&[runc], "runc", "io.containerd.runc.v2");
+}
+
+/// A shim registered by name and directory, as husk's will be: a wrapper
+/// `containerd-shim-spy-v2` in a directory of the test's, found on
+/// containerd's PATH, that records how containerd starts it and then
+/// runs containerd's runc shim. The whole scenario runs through it.
+#[test]
+fn cri_pod_with_a_shim_found_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("invocations.log");
+    let shim = dir.path().join("containerd-shim-spy-v2");
+    std::fs::write(
+        &shim,
+        format!(
+            "#!/bin/sh\n\
+             {{ echo \"argv: $0 $*\"; echo \"cwd: $PWD\"; env | sort | sed 's/^/env: /'; echo; }} >> '{}'\n\
+             exec /usr/bin/containerd-shim-runc-v2 \"$@\"\n",
+            record.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&shim, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let spy = ShimRuntime::new("spy", "io.containerd.spy.v2", Some(dir.path().to_owned()));
+    pod_scenario(&[spy], "spy", "io.containerd.spy.v2");
+    let invocations = std::fs::read_to_string(&record).unwrap();
+    eprintln!("{invocations}");
+    assert!(
+        invocations.contains(" start"),
+        "containerd never ran the shim's start: {invocations}"
+    );
+    if let Some(notes) = std::env::var_os("HUSK_CRI_NOTES") {
+        std::fs::write(Path::new(&notes).join("shim-invocations.log"), &invocations).unwrap();
+    }
+}
+
+/// The leftover checks themselves: containerd killed with a pod running
+/// leaves its shim, the pod's processes, mounts and network namespace,
+/// and teardown must report them all, then remove them.
+#[test]
+fn cri_teardown_reports_what_a_killed_containerd_left() {
+    let cd = Containerd::start(&[]).unwrap_or_else(|e| panic!("{e:#}"));
+    cd.import_images().unwrap_or_else(|e| panic!("{e:#}"));
+    let cri = cd.cri().unwrap();
+    let pod = cd.pod_config("orphan").unwrap().build();
+    let pod_id = cri.run_pod_sandbox(&pod, "runc").unwrap();
+    let sleeper = ContainerConfig::new("sleeper", images::BUSYBOX)
+        .command(&["sleep", "600"])
+        .build();
+    let id = cri.create_container(&pod_id, &sleeper, &pod).unwrap();
+    cri.start_container(&id).unwrap();
+    drop(cri);
+    let root = cd.root().to_owned();
+    let pid = cd.pid().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+
+    let left = cd.shutdown();
+    eprintln!("{left}");
+    let exes: Vec<&str> = left.processes.iter().map(|p| p.exe.as_str()).collect();
+    assert!(exes.contains(&"containerd-shim-runc-v2"), "{left}");
+    assert!(exes.contains(&"busybox"), "{left}");
+    assert!(
+        left.network.iter().any(|n| n.contains("/run/netns/cni-")),
+        "{left}"
+    );
+    assert!(left.mounts.iter().any(|m| m.starts_with(&root)), "{left}");
+    for dir in ["/run/containerd/s", "/var/lib/cni/results"] {
+        assert!(left.paths.iter().any(|p| p.starts_with(dir)), "{left}");
+    }
+    assert!(
+        left.paths.iter().any(|p| p.starts_with("/sys/fs/cgroup")),
+        "{left}"
+    );
+    // All of it is gone now.
+    let marker = root.to_string_lossy().into_owned();
+    assert!(husk_tests::docker::leftovers::processes(&[marker]).is_empty());
+    assert!(husk_tests::docker::leftovers::mounts(&root, &[]).is_empty());
+    assert!(!root.exists());
+    for pod_ns in left
+        .network
+        .iter()
+        .filter_map(|n| n.strip_prefix("pod namespace "))
+    {
+        assert!(!Path::new(pod_ns).exists(), "{pod_ns}");
+    }
+}
+
+/// Times each step, so a slow runtime shows where.
+struct Steps {
+    started: Instant,
+    step: Instant,
+}
+
+impl Steps {
+    fn new() -> Self {
+        let now = Instant::now();
+        Self {
+            started: now,
+            step: now,
+        }
+    }
+
+    fn done(&mut self, what: &str) {
+        eprintln!("[{:>6.2?}] {what}", self.step.elapsed());
+        self.step = Instant::now();
+    }
+}
+
+/// The whole scenario with CRI handler `handler` (registered by one of
+/// `runtimes`, or containerd's own runc) and, for `ctr run`, the
+/// containerd runtime type `runtime_type`.
+pub fn pod_scenario(runtimes: &[ShimRuntime], handler: &str, runtime_type: &str) {
+    let mut steps = Steps::new();
+    let cd = Containerd::start(runtimes).unwrap_or_else(|e| panic!("{e:#}"));
+    steps.done("containerd started, CRI runtime and network ready");
+    cd.import_images().unwrap_or_else(|e| panic!("{e:#}"));
+    let cri = cd.cri().unwrap();
+    for image in [images::BUSYBOX, images::PAUSE] {
+        let seen = cri.image_status(image).unwrap();
+        assert!(seen.is_some(), "the CRI plugin does not see {image}");
+    }
+    let version = cri.version().unwrap();
+    assert_eq!(version.runtime_name, "containerd");
+    steps.done(&format!(
+        "images imported ({} {}, CRI {})",
+        version.runtime_name, version.runtime_version, version.runtime_api_version
+    ));
+
+    pod_checks(&cd, &cri, handler, &mut steps);
+    ctr_checks(&cd, runtime_type, &mut steps);
+
+    drop(cri);
+    let left = cd.shutdown();
+    steps.done("containerd stopped");
+    assert!(left.is_empty(), "leftovers after teardown:\n{left}");
+    eprintln!(
+        "pod scenario with handler {handler} took {:.1?}",
+        steps.started.elapsed()
+    );
+}
+
+fn pod_checks(cd: &Containerd, cri: &Cri, handler: &str, steps: &mut Steps) {
+    let pod = cd.pod_config("web").unwrap();
+    let pod_config = pod.build();
+    let pod_id = cri.run_pod_sandbox(&pod_config, handler).unwrap();
+    let status = cri.pod_sandbox_status(&pod_id).unwrap();
+    assert!(status.ready, "{:?}", status.status);
+    assert_eq!(status.status.runtime_handler, handler);
+    assert!(
+        status.ip.starts_with("10.88.77."),
+        "pod IP {:?} is not from the CNI subnet",
+        status.ip
+    );
+    steps.done(&format!("pod {pod_id} ready at {}", status.ip));
+
+    // An emptyDir: a host directory mounted in both containers.
+    let empty_dir = cd.root().join("volumes/shared");
+    std::fs::create_dir_all(&empty_dir).unwrap();
+    let a = ContainerConfig::new("a", images::BUSYBOX)
+        .command(&["sh", "-c"])
+        .args(&[&format!(
+            "echo {PAGE} > /data/index.html; echo a is up; exec httpd -f -p {PORT} -h /data"
+        )])
+        .mount(&empty_dir, "/data", false)
+        .build();
+    let a_id = cri.create_container(&pod_id, &a, &pod_config).unwrap();
+    cri.start_container(&a_id).unwrap();
+    // B fetches A's page over the pod's loopback, reads the file A wrote
+    // into the emptyDir, leaves one for A, and exits 7; `timeout` bounds
+    // its wait for A.
+    let b = ContainerConfig::new("b", images::BUSYBOX)
+        .command(&["timeout", "60", "sh", "-c"])
+        .args(&[&format!(
+            "until wget -q -O /tmp/page http://127.0.0.1:{PORT}/; do sleep 0.2; done; \
+             echo fetched $(cat /tmp/page); echo read $(cat /data/index.html); \
+             echo from-b > /data/from-b; echo to-stderr >&2; exit 7"
+        )])
+        .mount(&empty_dir, "/data", false)
+        .build();
+    let b_id = cri.create_container(&pod_id, &b, &pod_config).unwrap();
+    cri.start_container(&b_id).unwrap();
+    let b_status = cri.wait_exited(&b_id, WAIT).unwrap();
+    assert_eq!(b_status.exit_code, 7, "{b_status:?}");
+    steps.done("containers A and B: B fetched A's page over the pod's loopback");
+
+    // B's log, in the CRI format, at the path the pod and container named.
+    let log_path = Path::new(&b_status.log_path);
+    assert_eq!(log_path, pod.log_directory().join("b.log"));
+    let log = std::fs::read_to_string(log_path).unwrap();
+    let lines = cri::parse_log(&log).unwrap_or_else(|e| panic!("{e:#}\n{log}"));
+    let stdout: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.stream == "stdout")
+        .map(|l| l.text.as_str())
+        .collect();
+    assert_eq!(
+        stdout,
+        [format!("fetched {PAGE}"), format!("read {PAGE}")],
+        "{log}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.stream == "stderr" && l.tag == "F" && l.text == "to-stderr"),
+        "{log}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(empty_dir.join("from-b")).unwrap(),
+        "from-b\n"
+    );
+
+    // The pod's address answers from the test's namespace (the CNI bridge).
+    let page = cd
+        .netns()
+        .fetch(&format!("http://{}:{PORT}/", status.ip), WAIT)
+        .unwrap();
+    assert_eq!(page.trim(), PAGE);
+
+    // ExecSync in A: output, and a non-zero exit code with stderr. A has
+    // a PID namespace of its own (the pod does not share one): its PID 1
+    // is its httpd, not the sandbox's pause.
+    let out = cri
+        .exec_sync(&a_id, &["cat", "/proc/1/cmdline"], Duration::from_secs(30))
+        .unwrap();
+    assert!(out.stdout.starts_with("httpd\0"), "{out:?}");
+    let out = cri
+        .exec_sync(&a_id, &["cat", "/data/from-b"], Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(
+        (out.stdout.as_str(), out.exit_code),
+        ("from-b\n", 0),
+        "{out:?}"
+    );
+    let out = cri
+        .exec_sync(
+            &a_id,
+            &["sh", "-c", "echo out; echo err >&2; exit 5"],
+            Duration::from_secs(30),
+        )
+        .unwrap();
+    assert_eq!(
+        (out.stdout.as_str(), out.stderr.as_str(), out.exit_code),
+        ("out\n", "err\n", 5)
+    );
+    steps.done("pod IP reached from the namespace; ExecSync");
+
+    // A memory hog under a limit: busybox `tail` keeps /dev/zero's one
+    // endless line in memory.
+    let hog = ContainerConfig::new("hog", images::BUSYBOX)
+        .command(&["tail", "/dev/zero"])
+        .memory_limit(OOM_LIMIT)
+        .build();
+    let hog_id = cri.create_container(&pod_id, &hog, &pod_config).unwrap();
+    cri.start_container(&hog_id).unwrap();
+    let hog_status = cri.wait_exited(&hog_id, WAIT).unwrap();
+    assert_eq!(hog_status.reason, "OOMKilled", "{hog_status:?}");
+    assert_eq!(hog_status.exit_code, 137, "{hog_status:?}");
+    steps.done("memory hog OOMKilled");
+
+    let stats = cri.container_stats(&a_id).unwrap();
+    let memory = stats
+        .memory
+        .as_ref()
+        .and_then(|m| m.working_set_bytes)
+        .map_or(0, |v| v.value);
+    let cpu = stats
+        .cpu
+        .as_ref()
+        .and_then(|c| c.usage_core_nano_seconds)
+        .map_or(0, |v| v.value);
+    assert!(memory > 0 && cpu > 0, "{stats:?}");
+    let listed: Vec<String> = cri
+        .list_containers()
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.pod_sandbox_id == pod_id)
+        .map(|c| c.id)
+        .collect();
+    for id in [&a_id, &b_id, &hog_id] {
+        assert!(listed.contains(id), "{id} not in {listed:?}");
+    }
+    assert!(cri
+        .list_pod_sandboxes()
+        .unwrap()
+        .iter()
+        .any(|p| p.id == pod_id && p.runtime_handler == handler));
+    steps.done(&format!(
+        "ContainerStats (A: {memory} bytes working set), ListContainers"
+    ));
+
+    report_runtime_view(cd, &pod_id, &a_id);
+
+    cri.stop_pod_sandbox(&pod_id).unwrap();
+    let stopped = cri.pod_sandbox_status(&pod_id).unwrap();
+    assert!(!stopped.ready);
+    let a_status = cri.container_status(&a_id).unwrap();
+    assert_eq!(
+        a_status.state,
+        api::ContainerState::ContainerExited as i32,
+        "{a_status:?}"
+    );
+    cri.remove_pod_sandbox(&pod_id).unwrap();
+    assert!(!cri
+        .list_pod_sandboxes()
+        .unwrap()
+        .iter()
+        .any(|p| p.id == pod_id));
+    assert!(cri.list_containers().unwrap().is_empty());
+    steps.done("StopPodSandbox, RemovePodSandbox");
+}
+
+/// `ctr run --rm` (its output and exit status) and `ctr task exec` with
+/// the runtime type directly, no CRI.
+fn ctr_checks(cd: &Containerd, runtime_type: &str, steps: &mut Steps) {
+    let cgroup = |id: &str| format!("/{}/{id}", cd.cgroup_parent());
+    let id = "husk-ctr-run";
+    let out = cd.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        runtime_type,
+        "--cgroup",
+        &cgroup(id),
+        images::BUSYBOX,
+        id,
+        "sh",
+        "-c",
+        "echo hi; exit 3",
+    ]);
+    assert_eq!(
+        (
+            String::from_utf8_lossy(&out.stdout).as_ref(),
+            out.status.code()
+        ),
+        ("hi\n", Some(3)),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    steps.done("ctr run --rm");
+
+    let id = "husk-ctr-exec";
+    let out = cd.ctr(&[
+        "run",
+        "-d",
+        "--null-io",
+        "--runtime",
+        runtime_type,
+        "--cgroup",
+        &cgroup(id),
+        images::BUSYBOX,
+        id,
+        "sleep",
+        "600",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let out = cd.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        id,
+        "sh",
+        "-c",
+        "echo from-exec; exit 4",
+    ]);
+    assert_eq!(
+        (
+            String::from_utf8_lossy(&out.stdout).as_ref(),
+            out.status.code()
+        ),
+        ("from-exec\n", Some(4)),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cd.ctr(&["task", "delete", "--force", id]);
+    assert!(out.status.success(), "{out:?}");
+    let out = cd.ctr(&["containers", "rm", id]);
+    assert!(out.status.success(), "{out:?}");
+    steps.done("ctr run -d, ctr task exec, ctr task delete");
+}
+
+/// Prints what the runtime was handed: the `io.kubernetes.cri.*`
+/// annotations of the sandbox's and a container's OCI spec, and the argv
+/// of the shims serving the pod. With `HUSK_CRI_NOTES=<dir>` set, the two
+/// specs are also saved there.
+fn report_runtime_view(cd: &Containerd, pod_id: &str, container_id: &str) {
+    let tasks = cd.state_dir().join("io.containerd.runtime.v2.task/k8s.io");
+    let notes = std::env::var_os("HUSK_CRI_NOTES").map(std::path::PathBuf::from);
+    for (what, id) in [("sandbox", pod_id), ("container", container_id)] {
+        let path = tasks.join(id).join("config.json");
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let spec: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let annotations = spec["annotations"].as_object().cloned().unwrap_or_default();
+        let cri_keys: Vec<String> = annotations
+            .iter()
+            .filter(|(k, _)| k.starts_with("io.kubernetes.cri."))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        eprintln!("{what} annotations: {cri_keys:#?}");
+        assert!(
+            annotations.contains_key("io.kubernetes.cri.sandbox-id"),
+            "{what} spec has no sandbox-id annotation: {annotations:?}"
+        );
+        if let Some(dir) = &notes {
+            std::fs::create_dir_all(dir).unwrap();
+            std::fs::write(dir.join(format!("cri-{what}-config.json")), &text).unwrap();
+        }
+    }
+    let socket = cd.socket().to_string_lossy().into_owned();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let argv: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let is_shim = argv.first().is_some_and(|a| a.contains("containerd-shim-"));
+        if is_shim && argv.contains(&socket) {
+            eprintln!("shim: {}", argv.join(" "));
+        }
+    }
+}
