@@ -35,7 +35,35 @@ fn cri_pod_with_runc_handler() {
     pod_scenario(&[runc], "runc", "io.containerd.runc.v2");
 }
 
-/// A shim registered by name and directory, as husk's will be: a wrapper
+/// husk's shim, `containerd-shim-husk-v2` (runtime type
+/// `io.containerd.husk.v2`, CRI handler `husk`): the same scenario, each
+/// pod in a microVM of its own.
+#[test]
+fn cri_pod_with_husk_handler() {
+    let (_dir, husk) = husk_shim_runtime();
+    pod_scenario(&[husk], "husk", "io.containerd.husk.v2");
+}
+
+/// husk's shim registered with containerd, with its configuration (the
+/// project's guest, sandboxes under a directory of the test's) in the
+/// environment containerd hands the shim.
+fn husk_shim_runtime() -> (tempfile::TempDir, ShimRuntime) {
+    let shim = Path::new(env!("CARGO_BIN_EXE_containerd-shim-husk-v2"));
+    let (dir, cli) = husk_tests::docker::husk::test_runtime(Path::new(env!(
+        "CARGO_BIN_EXE_containerd-shim-husk-v2"
+    )));
+    let config = cli.args.last().cloned().expect("husk's --config argument");
+    let mut husk = ShimRuntime::new(
+        "husk",
+        "io.containerd.husk.v2",
+        shim.parent().map(Path::to_owned),
+    );
+    husk.env.push(("HUSK_CONFIG".into(), config));
+    husk.state_dirs = cli.state_dirs;
+    (dir, husk)
+}
+
+/// A shim registered by name and directory, as husk's is: a wrapper
 /// `containerd-shim-spy-v2` in a directory of the test's, found on
 /// containerd's PATH, that records how containerd starts it and then
 /// runs containerd's runc shim. The whole scenario runs through it.

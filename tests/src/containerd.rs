@@ -92,6 +92,9 @@ pub struct ShimRuntime {
     /// Where the runtime keeps per-sandbox state of its own; entries named
     /// by a pod or container ID there are leftovers at teardown.
     pub state_dirs: Vec<PathBuf>,
+    /// Environment containerd passes on to the shims it starts (husk's
+    /// shim finds its configuration through `HUSK_CONFIG`).
+    pub env: Vec<(String, String)>,
 }
 
 impl ShimRuntime {
@@ -105,6 +108,7 @@ impl ShimRuntime {
             config_path: None,
             pod_annotations: Vec::new(),
             state_dirs: Vec::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -418,6 +422,9 @@ impl Containerd {
             .collect();
         path.push(docker::DAEMON_PATH.into());
         cmd.env("PATH", path.join(":"));
+        for (key, value) in self.runtimes.iter().flat_map(|r| r.env.iter()) {
+            cmd.env(key, value);
+        }
         // NetNs::enter: containerd itself (not `ip netns exec`) is the child.
         self.netns().enter(&mut cmd)?;
         self.child = Some(docker::spawn_daemon(cmd, &self.layout.dir, &self.log())?);
