@@ -32,7 +32,7 @@ const PAGE: &str = "page-written-by-a";
 #[test]
 fn cri_pod_with_runc_handler() {
     let runc = ShimRuntime::new("runc", "io.containerd.runc.v2", None);
-    pod_scenario(&[runc], "runc", "io.containerd.runc.v2");
+    pod_scenario(&[runc], "runc", "io.containerd.runc.v2", None);
 }
 
 /// husk's shim, `containerd-shim-husk-v2` (runtime type
@@ -41,7 +41,121 @@ fn cri_pod_with_runc_handler() {
 #[test]
 fn cri_pod_with_husk_handler() {
     let (_dir, husk) = husk_shim_runtime();
-    pod_scenario(&[husk], "husk", "io.containerd.husk.v2");
+    let root = husk.state_dirs[0].clone();
+    pod_scenario(
+        &[husk],
+        "husk",
+        "io.containerd.husk.v2",
+        Some(&|| husk_vms(&root)),
+    );
+}
+
+/// How many husk VMs run with sandboxes under `root`: its sandbox
+/// directories or its QEMU processes, whichever are more (QEMU names its
+/// sandbox directory on its command line; the builtin VMM runs inside the
+/// shim and has none).
+fn husk_vms(root: &Path) -> usize {
+    let dirs: Vec<std::path::PathBuf> = std::fs::read_dir(root)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    let qemus = processes()
+        .into_iter()
+        .filter(|(_, argv)| argv.first().is_some_and(|a| a.contains("qemu-system")))
+        .filter(|(_, argv)| argv.iter().any(|a| a.contains(&*root.to_string_lossy())))
+        .count();
+    dirs.len().max(qemus)
+}
+
+/// Every process's pid and argv.
+fn processes() -> Vec<(i32, Vec<String>)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse().ok()) else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let argv: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if !argv.is_empty() {
+            out.push((pid, argv));
+        }
+    }
+    out
+}
+
+/// The long-lived shims of this containerd (serving a socket of their own).
+fn pod_shims(cd: &Containerd) -> Vec<i32> {
+    let socket = cd.socket().to_string_lossy().into_owned();
+    processes()
+        .into_iter()
+        .filter(|(_, argv)| argv.first().is_some_and(|a| a.contains("containerd-shim-")))
+        .filter(|(_, argv)| argv.contains(&socket) && argv.iter().any(|a| a == "-socket"))
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// A running pod of husk's survives containerd restarting (the shim and
+/// its VM keep running; containerd reconnects through the address in the
+/// bundle); its shim killed with SIGKILL is cleaned up after by
+/// StopPodSandbox and RemovePodSandbox: no VM, sandbox directory, mount,
+/// pod namespace or shim left.
+#[test]
+fn a_husk_pod_survives_a_containerd_restart_and_its_killed_shim_is_cleaned_up() {
+    let (_dir, husk) = husk_shim_runtime();
+    let root = husk.state_dirs[0].clone();
+    let mut cd = Containerd::start(&[husk]).unwrap_or_else(|e| panic!("{e:#}"));
+    cd.import_images().unwrap_or_else(|e| panic!("{e:#}"));
+    let cri = cd.cri().unwrap();
+    let pod = cd.pod_config("survivor").unwrap().build();
+    let pod_id = cri.run_pod_sandbox(&pod, "husk").unwrap();
+    let sleeper = ContainerConfig::new("sleeper", images::BUSYBOX)
+        .command(&["sleep", "600"])
+        .build();
+    let id = cri.create_container(&pod_id, &sleeper, &pod).unwrap();
+    cri.start_container(&id).unwrap();
+    let shims = pod_shims(&cd);
+    assert_eq!(shims.len(), 1, "{shims:?}");
+    assert_eq!(husk_vms(&root), 1);
+
+    drop(cri);
+    cd.restart().unwrap_or_else(|e| panic!("{e:#}"));
+    let cri = cd.cri().unwrap();
+    assert_eq!(pod_shims(&cd), shims, "the shim was replaced");
+    let status = cri.container_status(&id).unwrap();
+    assert_eq!(
+        status.state,
+        api::ContainerState::ContainerRunning as i32,
+        "{status:?}"
+    );
+    let out = cri
+        .exec_sync(&id, &["echo", "still here"], Duration::from_secs(30))
+        .unwrap();
+    assert_eq!((out.stdout.as_str(), out.exit_code), ("still here\n", 0));
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shims[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = Instant::now() + WAIT;
+    while !pod_shims(&cd).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cri.stop_pod_sandbox(&pod_id).unwrap();
+    cri.remove_pod_sandbox(&pod_id).unwrap();
+    // containerd runs the shim's `delete` (which takes the VM down) when it
+    // notices the shim is gone, beside the CRI calls: give it a bound.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while husk_vms(&root) != 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(husk_vms(&root), 0, "the killed shim's VM is still there");
+    drop(cri);
+    let left = cd.shutdown();
+    assert!(left.is_empty(), "leftovers after teardown:\n{left}");
 }
 
 /// husk's shim registered with containerd, with its configuration (the
@@ -84,7 +198,7 @@ fn cri_pod_with_a_shim_found_by_name() {
     .unwrap();
     std::fs::set_permissions(&shim, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let spy = ShimRuntime::new("spy", "io.containerd.spy.v2", Some(dir.path().to_owned()));
-    pod_scenario(&[spy], "spy", "io.containerd.spy.v2");
+    pod_scenario(&[spy], "spy", "io.containerd.spy.v2", None);
     let invocations = std::fs::read_to_string(&record).unwrap();
     eprintln!("{invocations}");
     assert!(
@@ -175,7 +289,12 @@ impl Steps {
 /// The whole scenario with CRI handler `handler` (registered by one of
 /// `runtimes`, or containerd's own runc) and, for `ctr run`, the
 /// containerd runtime type `runtime_type`.
-pub fn pod_scenario(runtimes: &[ShimRuntime], handler: &str, runtime_type: &str) {
+pub fn pod_scenario(
+    runtimes: &[ShimRuntime],
+    handler: &str,
+    runtime_type: &str,
+    vms: Option<&dyn Fn() -> usize>,
+) {
     let mut steps = Steps::new();
     let cd = Containerd::start(runtimes).unwrap_or_else(|e| panic!("{e:#}"));
     steps.done("containerd started, CRI runtime and network ready");
@@ -192,7 +311,7 @@ pub fn pod_scenario(runtimes: &[ShimRuntime], handler: &str, runtime_type: &str)
         version.runtime_name, version.runtime_version, version.runtime_api_version
     ));
 
-    pod_checks(&cd, &cri, handler, &mut steps);
+    pod_checks(&cd, &cri, handler, vms, &mut steps);
     ctr_checks(&cd, runtime_type, &mut steps);
 
     drop(cri);
@@ -205,7 +324,13 @@ pub fn pod_scenario(runtimes: &[ShimRuntime], handler: &str, runtime_type: &str)
     );
 }
 
-fn pod_checks(cd: &Containerd, cri: &Cri, handler: &str, steps: &mut Steps) {
+fn pod_checks(
+    cd: &Containerd,
+    cri: &Cri,
+    handler: &str,
+    vms: Option<&dyn Fn() -> usize>,
+    steps: &mut Steps,
+) {
     let pod = cd.pod_config("web").unwrap();
     let pod_config = pod.build();
     let pod_id = cri.run_pod_sandbox(&pod_config, handler).unwrap();
@@ -248,6 +373,11 @@ fn pod_checks(cd: &Containerd, cri: &Cri, handler: &str, steps: &mut Steps) {
     let b_status = cri.wait_exited(&b_id, WAIT).unwrap();
     assert_eq!(b_status.exit_code, 7, "{b_status:?}");
     steps.done("containers A and B: B fetched A's page over the pod's loopback");
+    // One shim serves the whole pod (and, for a VM runtime, one VM).
+    assert_eq!(pod_shims(cd).len(), 1, "{:?}", pod_shims(cd));
+    if let Some(vms) = vms {
+        assert_eq!(vms(), 1, "a pod of three containers runs in one VM");
+    }
 
     // B's log, in the CRI format, at the path the pod and container named.
     let log_path = Path::new(&b_status.log_path);

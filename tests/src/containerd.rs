@@ -386,6 +386,15 @@ impl Containerd {
         self.layout.dir.join("containerd.log")
     }
 
+    /// Stops containerd (SIGTERM, as a service manager restarting it
+    /// would: its shims and their pods keep running) and starts it again
+    /// on the same state, waiting until its CRI plugin is ready.
+    pub fn restart(&mut self) -> Result<()> {
+        docker::stop(self.child.take(), "containerd");
+        self.spawn()?;
+        self.wait_ready()
+    }
+
     /// Removes every pod and container, stops containerd, and returns what
     /// was left behind (after removing that as well).
     pub fn shutdown(mut self) -> Leftovers {

@@ -110,6 +110,21 @@ fn init_logging(debug: bool) {
     let _ = logging::init(file.as_deref(), LogFormat::Text, &level);
 }
 
+/// Removes the socket of the shim that served the bundle (its `address`
+/// file names it) if nothing answers on it any more: a killed shim leaves
+/// it behind, and a pod's other containers may still share a live one.
+fn remove_dead_socket(bundle: &Path) {
+    let Ok(address) = std::fs::read_to_string(bundle.join("address")) else {
+        return;
+    };
+    let Some(path) = address.trim().strip_prefix("unix://") else {
+        return;
+    };
+    if std::os::unix::net::UnixStream::connect(path).is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
 #[async_trait]
 impl Shim for HuskShim {
     type T = task::TaskService;
@@ -151,6 +166,7 @@ impl Shim for HuskShim {
             }
         }
         rootfs::unmount_all(&bundle.join("rootfs"));
+        remove_dead_socket(&bundle);
         Ok(DeleteResponse {
             pid: 0,
             exit_status: DEAD_SHIM_STATUS,
