@@ -39,7 +39,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use husk_runtime::host_process::{HostProcess, Stat};
 use husk_runtime::hypervisor::qemu::{self, Accel};
 use husk_runtime::hypervisor::{Backend, ConcreteBackend};
-use husk_runtime::sandbox::share;
+use husk_runtime::service::share;
 use husk_runtime::store::Store;
 use husk_tests::bench::{mappings, median, monotonic_now, peer_run, peers, KvmEntryTrace, Mapping};
 use husk_tests::{containers, guest, rootfs};

@@ -16,7 +16,7 @@ use husk_runtime::hypervisor::{
     VmExit, VmSpec,
 };
 use husk_runtime::sandbox_dir::SandboxDir;
-use husk_runtime::sandbox_vm::{self, SandboxVm};
+use husk_runtime::service::vm::{self, SandboxVm};
 use husk_vmm::machine::{self, ExitReason, HostCheck};
 use husk_vmm::test_support::{
     kvm_usable, one_vm_at_a_time, threads_settled, u32_at, vcpu_threads_settled, Kernel, Payload,
@@ -205,7 +205,7 @@ fn sandbox_boot_fails_fast_when_the_builtin_vm_ends() {
     let result =
         runtime.block_on(async { tokio::time::timeout(Duration::from_secs(60), boot).await });
     match result {
-        Ok(Err(sandbox_vm::Error::VmEnded {
+        Ok(Err(vm::Error::VmEnded {
             exit,
             hypervisor,
             console,

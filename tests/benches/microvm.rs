@@ -10,7 +10,7 @@ use husk_protocol::agent::{CheckRequest, CreateSandboxRequest, GuestDetailsReque
 use husk_runtime::hypervisor::qemu::Qemu;
 use husk_runtime::hypervisor::VmSpec;
 use husk_runtime::sandbox_dir::SandboxDir;
-use husk_runtime::sandbox_vm::SandboxVm;
+use husk_runtime::service::vm::SandboxVm;
 use husk_tests::bench::median;
 use husk_tests::containers::{self, ctx, GUEST_SHARED};
 use husk_tests::{guest, rootfs};

@@ -20,7 +20,7 @@ use husk_protocol::agent::CheckRequest;
 use husk_runtime::hypervisor::qemu::Qemu;
 use husk_runtime::hypervisor::{Stopped, VmSpec};
 use husk_runtime::sandbox_dir::SandboxDir;
-use husk_runtime::sandbox_vm::SandboxVm;
+use husk_runtime::service::vm::SandboxVm;
 use husk_tests::containers::ctx;
 use husk_tests::guest;
 use tokio::task::JoinSet;

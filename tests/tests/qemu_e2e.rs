@@ -15,7 +15,7 @@ use husk_protocol::agent::{
 use husk_runtime::hypervisor::qemu::Qemu;
 use husk_runtime::hypervisor::{Hypervisor, Stopped, VmSpec};
 use husk_runtime::sandbox_dir::SandboxDir;
-use husk_runtime::sandbox_vm::SandboxVm;
+use husk_runtime::service::vm::SandboxVm;
 use husk_tests::containers::{self, ctx, GUEST_SHARED};
 use husk_tests::{guest, rootfs};
 

@@ -22,16 +22,16 @@ use clap::Args;
 use nix::fcntl::OFlag;
 
 use super::Global;
+use crate::cli::process::daemon;
+use crate::cli::process::host_cgroup::HostCgroup;
+use crate::cli::process::proxy::{FORWARDED, INIT_EXEC_ID};
+use crate::cli::process::spawn::{spawn_self, Options, Reporter};
 use crate::config::Config;
 use crate::host_process::HostProcess;
 use crate::oci::bundle::Bundle;
 use crate::oci::hooks;
 use crate::oci::netns::NetworkNamespace;
 use crate::oci::state::Status;
-use crate::sandbox::daemon;
-use crate::sandbox::host_cgroup::HostCgroup;
-use crate::sandbox::proxy::{FORWARDED, INIT_EXEC_ID};
-use crate::sandbox::spawn::{spawn_self, Options, Reporter};
 use crate::store::{Record, Store};
 
 /// How long `delete` waits for the sandbox process to take the VM down.
@@ -157,7 +157,7 @@ impl Created {
             .unwrap_or(false);
         if terminal
             && args.console_socket.is_none()
-            && !crate::sandbox::tty::is_terminal(std::io::stdin().as_fd())
+            && !crate::cli::process::tty::is_terminal(std::io::stdin().as_fd())
         {
             bail!("terminal: true needs --console-socket (or a terminal on stdin)");
         }

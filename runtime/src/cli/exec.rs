@@ -10,10 +10,10 @@ use oci_spec::runtime::{Process, Spec};
 
 use super::create::{proxy_command, random_name, refuse_preserved_fds, write_pid_file};
 use super::Global;
+use crate::cli::process::host_cgroup::HostCgroup;
+use crate::cli::process::proxy::{self, ProxyArgs};
+use crate::cli::process::spawn::{spawn_self, take_fd, Options, Reporter, GO_FD_ENV};
 use crate::oci::state::Status;
-use crate::sandbox::host_cgroup::HostCgroup;
-use crate::sandbox::proxy::{self, ProxyArgs};
-use crate::sandbox::spawn::{spawn_self, take_fd, Options, Reporter, GO_FD_ENV};
 
 /// `exec`'s flags (runc's).
 #[derive(Debug, Args)]

@@ -11,10 +11,10 @@ use super::create::{remove_sandbox_dir, SANDBOX_STOP_TIMEOUT};
 use super::Global;
 use crate::agent_client;
 use crate::agent_client::{agent_message, ctx};
+use crate::cli::process::host_cgroup::HostCgroup;
 use crate::oci::hooks;
 use crate::oci::state::Status;
-use crate::sandbox::host_cgroup::HostCgroup;
-use crate::sandbox::proxy::INIT_EXEC_ID;
+use crate::service::INIT_EXEC_ID;
 use crate::store::Record;
 
 /// `kill`'s flags.

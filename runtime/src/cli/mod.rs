@@ -8,6 +8,7 @@ mod create;
 mod exec;
 mod info;
 mod lifecycle;
+pub mod process;
 mod query;
 mod update;
 

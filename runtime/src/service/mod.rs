@@ -1,6 +1,6 @@
 //! The sandbox service: one VM holding any number of containers, from boot
 //! to teardown. Both faces of husk drive it: the runc-style CLI's sandbox
-//! process holds a sandbox with one container ([`crate::sandbox::daemon`]),
+//! process holds a sandbox with one container ([`crate::cli::process::daemon`]),
 //! containerd's shim holds a pod's ([`crate::shim`]).
 //!
 //! [`Sandbox::boot`] wires the network namespace's links to taps, boots the
@@ -12,7 +12,9 @@
 //! guest process sees its files vanish and nothing under a bind is ever
 //! deleted.
 
+pub mod share;
 pub mod stdio;
+pub mod vm;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -30,9 +32,21 @@ use crate::network::dns::DnsRelay;
 use crate::network::{self, HostNetwork};
 use crate::oci::bundle::Bundle;
 use crate::oci::guest_spec::{self, GUEST_SHARE};
-use crate::sandbox::share::{self, Share};
 use crate::sandbox_dir::SandboxDir;
-use crate::sandbox_vm::SandboxVm;
+use share::Share;
+use vm::SandboxVm;
+
+/// The agent's exec id of every container's init process.
+pub const INIT_EXEC_ID: &str = "init";
+
+/// The small multi-threaded tokio runtime the sandbox's owners (the CLI's
+/// sandbox process and proxies, the shim) run on.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+}
 
 /// How long the VM gets to power off after the agent destroyed the sandbox.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);

@@ -50,7 +50,7 @@ const DEAD_SHIM_STATUS: u32 = 128 + 9;
 
 /// Runs the shim binary; containerd's flags are on the command line.
 pub fn main() {
-    let runtime = match crate::sandbox::runtime() {
+    let runtime = match crate::service::runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("{RUNTIME_NAME}: runtime: {e}");

@@ -41,8 +41,8 @@ use crate::agent_client::{agent_message, ctx};
 use crate::config::Config;
 use crate::oci::bundle::Bundle;
 use crate::oci::netns::NetworkNamespace;
-use crate::sandbox::proxy::INIT_EXEC_ID;
 use crate::sandbox_dir::SandboxDir;
+use crate::service::INIT_EXEC_ID;
 use crate::service::{Joins, Network, Sandbox, SandboxOptions};
 
 /// The exit status of a process whose VM went away under it.

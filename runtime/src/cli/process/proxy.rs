@@ -26,8 +26,7 @@ use super::tty;
 use crate::agent_client::{self, agent_message, ctx};
 use crate::service::stdio::{pump_output, pump_stdin, DRAIN_TIMEOUT};
 
-/// The exec id of every container's init process.
-pub const INIT_EXEC_ID: &str = "init";
+pub use crate::service::INIT_EXEC_ID;
 /// Exit status when the sandbox went away under the process.
 const LOST_STATUS: i32 = 255;
 
