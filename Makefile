@@ -55,12 +55,13 @@ image:
 
 guest: kernel image
 
-## install: husk in $(PREFIX)/bin, the guest kernel and image in
+## install: husk and containerd-shim-husk-v2 in $(PREFIX)/bin, the guest kernel and image in
 ## $(PREFIX)/share/husk, and the documented configuration in /etc/husk
 ## (an existing one is kept).
 install: guest
-	cargo build --release -p husk-runtime --bin husk
+	cargo build --release -p husk-runtime --bin husk --bin containerd-shim-husk-v2
 	install -D -m 0755 target/release/husk $(PREFIX)/bin/husk
+	install -D -m 0755 target/release/containerd-shim-husk-v2 $(PREFIX)/bin/containerd-shim-husk-v2
 	install -D -m 0644 "$$(guest-kernel/build.sh --print-path)" $(PREFIX)/share/husk/vmlinux
 	install -D -m 0644 $(BUILD)/initrd.img $(PREFIX)/share/husk/initrd.img
 	test -e /etc/husk/configuration.toml || install -D -m 0644 configuration.toml /etc/husk/configuration.toml

@@ -617,3 +617,61 @@ fn report_runtime_view(cd: &Containerd, pod_id: &str, container_id: &str) {
         }
     }
 }
+
+/// Pods asking for the host's network, PID or IPC namespace cannot have
+/// them in a VM: RunPodSandbox fails with the reason, and nothing of the
+/// attempt is left.
+#[test]
+fn husk_refuses_pods_sharing_the_hosts_network_pid_or_ipc_namespace() {
+    let (_dir, husk) = husk_shim_runtime();
+    let root = husk.state_dirs[0].clone();
+    let cd = Containerd::start(&[husk]).unwrap_or_else(|e| panic!("{e:#}"));
+    cd.import_images().unwrap_or_else(|e| panic!("{e:#}"));
+    let cri = cd.cri().unwrap();
+    let node = api::NamespaceMode::Node as i32;
+    for (name, options, reason) in [
+        (
+            "hostnet",
+            api::NamespaceOption {
+                network: node,
+                ..Default::default()
+            },
+            "network namespace",
+        ),
+        (
+            "hostpid",
+            api::NamespaceOption {
+                pid: node,
+                ..Default::default()
+            },
+            "hostPID",
+        ),
+        (
+            "hostipc",
+            api::NamespaceOption {
+                ipc: node,
+                ..Default::default()
+            },
+            "hostIPC",
+        ),
+    ] {
+        let pod = cd
+            .pod_config(name)
+            .unwrap()
+            .security_context(api::LinuxSandboxSecurityContext {
+                namespace_options: Some(options),
+                ..Default::default()
+            })
+            .build();
+        let err = cri
+            .run_pod_sandbox(&pod, "husk")
+            .expect_err("a pod sharing a host namespace ran");
+        let message = format!("{err:#}");
+        eprintln!("{name}: {message}");
+        assert!(message.contains(reason), "{name}: {message}");
+        assert_eq!(husk_vms(&root), 0, "{name}: a VM was left");
+    }
+    drop(cri);
+    let left = cd.shutdown();
+    assert!(left.is_empty(), "leftovers after teardown:\n{left}");
+}

@@ -285,6 +285,7 @@ impl Inner {
         // From here on, dropping `rootfs` unmounts it.
         let bundle =
             Bundle::load(&bundle_dir).map_err(|e| error(Code::INVALID_ARGUMENT, e.to_string()))?;
+        refuse_host_namespaces(&bundle)?;
         let role = pod::role(&bundle.spec, id);
         let stdio = StdioPaths {
             stdin: req.stdin.clone(),
@@ -628,6 +629,38 @@ fn shared_namespaces(bundle: &Bundle) -> Vec<String> {
         })
         .map(str::to_owned)
         .collect()
+}
+
+/// A container in a VM cannot share the host's PID or IPC namespace
+/// (Kubernetes' hostPID and hostIPC): without one of its own it would share
+/// the guest agent's, so it is refused by name. (hostNetwork is refused
+/// when the pod's VM boots: there is no namespace whose links it could
+/// take.)
+fn refuse_host_namespaces(bundle: &Bundle) -> RpcResult<()> {
+    let namespaces = bundle
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().clone())
+        .unwrap_or_default();
+    for (typ, what) in [
+        (
+            LinuxNamespaceType::Pid,
+            "the host's PID namespace (hostPID)",
+        ),
+        (
+            LinuxNamespaceType::Ipc,
+            "the host's IPC namespace (hostIPC)",
+        ),
+    ] {
+        if !namespaces.iter().any(|ns| ns.typ() == typ) {
+            return Err(error(
+                Code::INVALID_ARGUMENT,
+                format!("{what} cannot be shared with a container in a VM"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn display_exec(exec_id: &str) -> &str {
