@@ -86,13 +86,19 @@ fn processes() -> Vec<(i32, Vec<String>)> {
     out
 }
 
-/// The long-lived shims of this containerd (serving a socket of their own).
+/// The long-lived shims of this containerd (not a `start` or `delete`
+/// invocation, which end at once).
 fn pod_shims(cd: &Containerd) -> Vec<i32> {
     let socket = cd.socket().to_string_lossy().into_owned();
     processes()
         .into_iter()
         .filter(|(_, argv)| argv.first().is_some_and(|a| a.contains("containerd-shim-")))
-        .filter(|(_, argv)| argv.contains(&socket) && argv.iter().any(|a| a == "-socket"))
+        .filter(|(_, argv)| {
+            argv.contains(&socket)
+                && !argv
+                    .last()
+                    .is_some_and(|action| action == "start" || action == "delete")
+        })
         .map(|(pid, _)| pid)
         .collect()
 }
@@ -671,6 +677,49 @@ fn husk_refuses_pods_sharing_the_hosts_network_pid_or_ipc_namespace() {
         assert!(message.contains(reason), "{name}: {message}");
         assert_eq!(husk_vms(&root), 0, "{name}: a VM was left");
     }
+    drop(cri);
+    let left = cd.shutdown();
+    assert!(left.is_empty(), "leftovers after teardown:\n{left}");
+}
+
+/// A pod whose VM dies (its QEMU killed) does not hang: its containers end
+/// with status 255, and the pod stops and goes without leftovers.
+#[test]
+fn a_husk_pod_whose_vm_dies_ends_its_containers() {
+    let (_dir, husk) = husk_shim_runtime();
+    let root = husk.state_dirs[0].clone();
+    let cd = Containerd::start(&[husk]).unwrap_or_else(|e| panic!("{e:#}"));
+    cd.import_images().unwrap_or_else(|e| panic!("{e:#}"));
+    let cri = cd.cri().unwrap();
+    let pod = cd.pod_config("doomed").unwrap().build();
+    let pod_id = cri.run_pod_sandbox(&pod, "husk").unwrap();
+    let sleeper = ContainerConfig::new("sleeper", images::BUSYBOX)
+        .command(&["sleep", "600"])
+        .build();
+    let id = cri.create_container(&pod_id, &sleeper, &pod).unwrap();
+    cri.start_container(&id).unwrap();
+    let root_text = root.to_string_lossy().into_owned();
+    let qemus: Vec<i32> = processes()
+        .into_iter()
+        .filter(|(_, argv)| argv.first().is_some_and(|a| a.contains("qemu-system")))
+        .filter(|(_, argv)| argv.iter().any(|a| a.contains(&root_text)))
+        .map(|(pid, _)| pid)
+        .collect();
+    if qemus.is_empty() {
+        eprintln!("skipping the VM kill: this configuration runs the builtin VMM inside the shim");
+    } else {
+        assert_eq!(qemus.len(), 1, "{qemus:?}");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(qemus[0]),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let status = cri.wait_exited(&id, WAIT).unwrap();
+        assert_eq!(status.exit_code, 255, "{status:?}");
+    }
+    cri.stop_pod_sandbox(&pod_id).unwrap();
+    cri.remove_pod_sandbox(&pod_id).unwrap();
+    assert_eq!(husk_vms(&root), 0);
     drop(cri);
     let left = cd.shutdown();
     assert!(left.is_empty(), "leftovers after teardown:\n{left}");

@@ -228,6 +228,11 @@ impl Sandbox {
         self.vm.ended(poll).await
     }
 
+    /// How the VM ended, if it has ended by itself; never waits.
+    pub fn try_exit(&self) -> Option<VmExit> {
+        self.vm.try_exit()
+    }
+
     async fn set_up_guest(&self, options: &SandboxOptions) -> Result<(), Error> {
         self.configure_network().await?;
         let storage = Storage {

@@ -157,6 +157,12 @@ impl SandboxVm {
         vm_ended(hypervisor.as_mut(), poll).await
     }
 
+    /// How the VM ended, if it has ended by itself; never waits.
+    pub fn try_exit(&self) -> Option<VmExit> {
+        let mut hypervisor = self.hypervisor.lock().unwrap_or_else(|e| e.into_inner());
+        hypervisor.wait(Duration::ZERO).ok().flatten()
+    }
+
     /// Destroys the sandbox in the guest, waits up to `grace` for the VM to
     /// end (then kills it), stops the backends and removes the directory.
     /// An agent that does not answer only costs the grace period.

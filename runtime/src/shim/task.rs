@@ -47,6 +47,8 @@ use crate::service::{Joins, Network, Sandbox, SandboxOptions};
 
 /// The exit status of a process whose VM went away under it.
 const LOST_STATUS: u32 = 255;
+/// How often the shim looks whether the pod's VM still runs.
+const VM_WATCH: std::time::Duration = std::time::Duration::from_millis(250);
 /// Most containers one pod's sandbox holds.
 const MAX_CONTAINERS: usize = 128;
 
@@ -190,7 +192,44 @@ impl Inner {
         let agent = Arc::new(sandbox.agent().clone());
         *lock(&self.agent) = Some(agent.clone());
         tokio::spawn(Arc::clone(self).forward_oom_events(agent));
+        tokio::spawn(Arc::clone(self).watch_vm());
         Ok(sandbox)
+    }
+
+    /// Ends every process of the pod with [`LOST_STATUS`] once the VM has
+    /// ended by itself (QEMU killed, the guest crashed): the agent's
+    /// connection lives in this process and would not notice.
+    async fn watch_vm(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(VM_WATCH).await;
+            // Skipped while a create or delete holds the sandbox.
+            let Ok(guard) = self.sandbox.try_lock() else {
+                continue;
+            };
+            let Some(sandbox) = guard.as_ref() else {
+                return;
+            };
+            let Some(exit) = sandbox.try_exit() else {
+                continue;
+            };
+            drop(guard);
+            tracing::warn!(%exit, "the pod's VM ended by itself");
+            *lock(&self.agent) = None;
+            let containers: Vec<Arc<Container>> =
+                lock(&self.containers).values().cloned().collect();
+            for container in containers {
+                let execs: Vec<Arc<Proc>> = lock(&container.execs).values().cloned().collect();
+                for process in std::iter::once(container.init.clone()).chain(execs) {
+                    if process.phase() == Phase::Stopped {
+                        continue;
+                    }
+                    // Its output cannot come any more.
+                    drop(process.carried.lock().await.take());
+                    self.publish_exit(&process, LOST_STATUS).await;
+                }
+            }
+            return;
+        }
     }
 
     /// TaskOOM for every container the guest's kernel OOM-kills in, until
@@ -243,6 +282,15 @@ impl Inner {
         if let Some(carried) = process.carried.lock().await.as_mut() {
             carried.drain().await;
         }
+        if process.exit().is_some() {
+            // The VM watch ended it already (and said so).
+            return;
+        }
+        self.publish_exit(&process, status).await;
+    }
+
+    /// Records `process`'s exit with `status` and publishes TaskExit.
+    async fn publish_exit(&self, process: &Proc, status: u32) {
         let exit = process.exited(status);
         let id = if process.exec_id.is_empty() {
             process.container_id.clone()
