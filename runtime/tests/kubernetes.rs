@@ -574,11 +574,48 @@ fn ctr_checks(cd: &Containerd, runtime_type: &str, steps: &mut Steps) {
         "stderr: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = cd.ctr(&["task", "delete", "--force", id]);
+    // Metrics from the container's cgroup, pause and resume, then a kill
+    // whose exit status ctr's task list shows.
+    let text = |out: &std::process::Output| String::from_utf8_lossy(&out.stdout).into_owned();
+    let out = cd.ctr(&["task", "metrics", id]);
+    assert!(out.status.success(), "{out:?}");
+    let metrics = text(&out);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("pids.current") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    assert!(
+        // cgroup v2 (husk's guest) or v1 (runc on this host).
+        metrics
+            .lines()
+            .any(|l| l.starts_with("memory.usage ") || l.starts_with("memory.usage_in_bytes ")),
+        "{metrics}"
+    );
+    let status = |cd: &Containerd| {
+        let out = cd.ctr(&["task", "ls"]);
+        text(&out)
+            .lines()
+            .find(|l| l.starts_with(id))
+            .map(|l| l.split_whitespace().last().unwrap_or_default().to_owned())
+            .unwrap_or_default()
+    };
+    assert!(cd.ctr(&["task", "pause", id]).status.success());
+    assert_eq!(status(cd), "PAUSED");
+    assert!(cd.ctr(&["task", "resume", id]).status.success());
+    assert_eq!(status(cd), "RUNNING");
+    assert!(cd.ctr(&["task", "kill", "-s", "KILL", id]).status.success());
+    let deadline = Instant::now() + WAIT;
+    while status(cd) != "STOPPED" && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(status(cd), "STOPPED");
+    let out = cd.ctr(&["task", "delete", id]);
     assert!(out.status.success(), "{out:?}");
     let out = cd.ctr(&["containers", "rm", id]);
     assert!(out.status.success(), "{out:?}");
-    steps.done("ctr run -d, ctr task exec, ctr task delete");
+    steps.done("ctr run -d, task exec, metrics, pause, resume, kill, delete");
 }
 
 /// Prints what the runtime was handed: the `io.kubernetes.cri.*`

@@ -292,3 +292,54 @@ fn start_logger(
         .map_err(|e| fail(e.to_string()))?;
     Ok((child, File::from(out_w), File::from(err_w)))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    /// A `binary://` logger gets the process's stdout on fd 3, its stderr
+    /// on fd 4, says it is ready by closing fd 5, and finds the container's
+    /// id and namespace in its environment and its URI's query as flags.
+    #[test]
+    fn a_binary_logger_gets_both_streams_its_flags_and_the_containers_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("logged");
+        let logger = dir.path().join("logger");
+        std::fs::write(
+            &logger,
+            format!(
+                "#!/bin/sh\nexec 5>&-\n{{ echo \"$CONTAINER_NAMESPACE/$CONTAINER_ID $*\"; cat <&3; cat <&4; }} > '{}'\n",
+                out.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&logger, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let uri = format!("{}?tag=web", logger.display());
+        let (mut child, mut stdout, mut stderr) = start_logger(&uri, "c1", "k8s.io").unwrap();
+        stdout.write_all(b"to stdout\n").unwrap();
+        stderr.write_all(b"to stderr\n").unwrap();
+        drop((stdout, stderr));
+        assert!(child.wait().unwrap().success());
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap(),
+            "k8s.io/c1 -tag web\nto stdout\nto stderr\n"
+        );
+    }
+
+    #[test]
+    fn unknown_schemes_are_named_and_file_uris_are_appended_to() {
+        assert!(matches!(open_output("http://x"), Err(Error::Scheme(_))));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        std::fs::write(&path, "old\n").unwrap();
+        let mut file = open_output(&format!("file://{}", path.display()))
+            .unwrap()
+            .unwrap();
+        file.write_all(b"new\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "old\nnew\n");
+        assert!(open_output("").unwrap().is_none());
+    }
+}
