@@ -6,7 +6,7 @@ SHELL := /bin/bash
 BUILD := build
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: demo test deps build check agent kernel image guest install bench bench-nested bench-net clean
+.PHONY: demo test deps build check agent kernel image guest install bench bench-nested bench-net bench-pod clean
 
 PREFIX ?= /usr/local
 
@@ -104,6 +104,15 @@ bench-nested: deps guest
 ## the table also goes to build/bench-net.md.
 bench-net: deps guest
 	tests/bench/net-iperf.sh
+
+## bench-pod: Kubernetes pod start (RunPodSandbox to the container RUNNING)
+## and host memory per pod (PSS of the shim, QEMU and container processes):
+## husk's containerd shim beside containerd's runc shim, in one private
+## containerd with its CRI plugin inside a network namespace of its own (as
+## root; about 2 minutes once built, under TCG). POD_BENCH_ROUNDS (default
+## 5); the table also goes to build/bench-pod.md.
+bench-pod: deps guest
+	tests/bench/pod-start.sh
 
 # The path of bench $(2) of package $(1), built in release (bench) mode, as
 # cargo reports it.
