@@ -266,6 +266,23 @@ fn set_network_namespace(spec: &mut Spec, path: Option<&Path>) {
     spec.set_linux(Some(linux));
 }
 
+/// Sets the path of the spec's namespace of type `typ` (adding it if the
+/// spec has none).
+fn set_namespace_path(spec: &mut Spec, typ: LinuxNamespaceType, path: &str) {
+    let mut linux = spec.linux().clone().unwrap();
+    let mut namespaces = linux.namespaces().clone().unwrap_or_default();
+    namespaces.retain(|ns| ns.typ() != typ);
+    namespaces.push(
+        oci_spec::runtime::LinuxNamespaceBuilder::default()
+            .typ(typ)
+            .path(path)
+            .build()
+            .unwrap(),
+    );
+    linux.set_namespaces(Some(namespaces));
+    spec.set_linux(Some(linux));
+}
+
 fn process_alive(pid: i64) -> bool {
     i32::try_from(pid)
         .ok()
@@ -625,6 +642,15 @@ fn bad_input_is_one_clear_line_and_leaves_nothing() {
     let host_network = netns_bundle("hostnet", None);
     let missing_netns = netns_bundle("nonetns", Some("/run/netns/husk-no-such-netns"));
     let uts_netns = netns_bundle("utsnetns", Some("/proc/self/ns/uts"));
+    // Other namespaces by path: missing, of another type, and a valid
+    // host namespace no container in a VM can join (spec: config-linux.md
+    // "namespaces": an error when the path is not a namespace of the type).
+    let ns_bundle = |name: &str, typ: LinuxNamespaceType, path: &str| {
+        w.bundle(name, &["true"], |spec| set_namespace_path(spec, typ, path))
+    };
+    let missing_ipc = ns_bundle("noipc", LinuxNamespaceType::Ipc, "/nonexistent/ns/ipc");
+    let wrong_ipc = ns_bundle("wrongipc", LinuxNamespaceType::Ipc, "/proc/self/ns/uts");
+    let host_pid = ns_bundle("hostpid", LinuxNamespaceType::Pid, "/proc/self/ns/pid");
     // CPUs no VM of the configuration has (max_vcpus 4 by default).
     let many_cpus = w.bundle("cpus", &["true"], |spec| set_cpuset(spec, "0-15"));
     let mut holder = Command::new("unshare")
@@ -687,6 +713,18 @@ fn bad_input_is_one_clear_line_and_leaves_nothing() {
         (
             vec!["create", "--bundle", used_netns.to_str().unwrap(), "n4"],
             "in use by process",
+        ),
+        (
+            vec!["create", "--bundle", missing_ipc.to_str().unwrap(), "s1"],
+            "cannot open ipc namespace /nonexistent/ns/ipc",
+        ),
+        (
+            vec!["create", "--bundle", wrong_ipc.to_str().unwrap(), "s2"],
+            "is a uts namespace, not a ipc namespace",
+        ),
+        (
+            vec!["create", "--bundle", host_pid.to_str().unwrap(), "s3"],
+            "a container in a VM cannot join it",
         ),
         (
             vec!["create", "--bundle", many_cpus.to_str().unwrap(), "n5"],
@@ -1138,5 +1176,80 @@ fn a_cpuset_gets_the_vm_the_cpus_it_names() {
         "not on CPU 1 alone: {stdout}"
     );
     assert_eq!(stdout.lines().last(), Some("1"), "{stdout}");
+    w.assert_clean();
+}
+
+/// Bind mounts keep their source's name through the share (the guest's
+/// mountinfo shows `.../volume-src`, not an index), and mount options are
+/// honoured in the guest as runc honours them on a host: `ro`, `nosuid`,
+/// `nodev`, `noexec` on a bind, a tmpfs's `size`; writes to the read-only
+/// bind fail (spec: config.md "mounts").
+#[test]
+fn bind_mounts_keep_their_names_and_mount_options_hold_in_the_guest() {
+    let w = World::new();
+    let source = w.tmp.path().join("volume-src");
+    std::fs::create_dir_all(&source).unwrap();
+    std::fs::write(source.join("file"), "from the host\n").unwrap();
+    let bundle = w.bundle(
+        "mnt",
+        &[
+            "sh",
+            "-c",
+            "grep -E ' /data | /scratch ' /proc/self/mountinfo; cat /data/file; \
+             touch /data/new 2>/dev/null && echo wrote || echo read-only",
+        ],
+        |spec| {
+            let mut mounts = spec.mounts().clone().unwrap_or_default();
+            mounts.push(
+                oci_spec::runtime::MountBuilder::default()
+                    .destination("/data")
+                    .typ("bind")
+                    .source(&source)
+                    .options(
+                        ["rbind", "ro", "nosuid", "nodev", "noexec"]
+                            .map(String::from)
+                            .to_vec(),
+                    )
+                    .build()
+                    .unwrap(),
+            );
+            mounts.push(
+                oci_spec::runtime::MountBuilder::default()
+                    .destination("/scratch")
+                    .typ("tmpfs")
+                    .source("tmpfs")
+                    .options(["nosuid", "size=1m"].map(String::from).to_vec())
+                    .build()
+                    .unwrap(),
+            );
+            spec.set_mounts(Some(mounts));
+        },
+    );
+    let stdout = w.run_ok(&bundle, "mnt1");
+    let data = stdout
+        .lines()
+        .find(|l| l.contains(" /data "))
+        .unwrap_or_else(|| panic!("no /data in mountinfo: {stdout}"));
+    let fields: Vec<&str> = data.split_whitespace().collect();
+    // mountinfo: id parent major:minor root mount-point options ...
+    assert!(
+        fields[3].ends_with("/volume-src"),
+        "root {}: {data}",
+        fields[3]
+    );
+    for option in ["ro", "nosuid", "nodev", "noexec"] {
+        assert!(
+            fields[5].split(',').any(|o| o == option),
+            "{option} missing: {data}"
+        );
+    }
+    let scratch = stdout
+        .lines()
+        .find(|l| l.contains(" /scratch "))
+        .unwrap_or_else(|| panic!("no /scratch in mountinfo: {stdout}"));
+    assert!(scratch.contains("size=1024k"), "{scratch}");
+    assert!(stdout.contains("from the host\n"), "{stdout}");
+    assert!(stdout.trim_end().ends_with("read-only"), "{stdout}");
+    assert!(!source.join("new").exists());
     w.assert_clean();
 }

@@ -140,6 +140,7 @@ impl Created {
             }
         }
         let netns = NetworkNamespace::from_spec(&bundle.spec)?;
+        crate::oci::namespaces::check_paths(&bundle.spec)?;
         // Checked here too (the sandbox process sizes the VM) so that a
         // spec no VM can honour fails before anything is made.
         config.vm_size(

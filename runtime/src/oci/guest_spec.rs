@@ -86,7 +86,12 @@ pub fn translate(spec: &Spec, id: &str, rootfs: &Path) -> Result<GuestSpec, Erro
             }
             let meta =
                 std::fs::metadata(&source).map_err(|_| Error::MissingSource(source.clone()))?;
-            let target = base.join("mounts").join(index.to_string());
+            // The source keeps its own name as the last component, so the
+            // guest's mountinfo shows `.../etc`, not just an index.
+            let name = source
+                .file_name()
+                .map_or_else(|| PathBuf::from("root"), PathBuf::from);
+            let target = base.join("mounts").join(index.to_string()).join(name);
             let mut mount = mount;
             mount.set_source(Some(PathBuf::from(guest(&target))));
             binds.push(ShareBind {
@@ -197,16 +202,20 @@ mod tests {
         assert_eq!(g.spec.root().as_ref().unwrap().path(), Path::new(&g.rootfs));
         assert_eq!(g.binds.len(), 3);
         assert_eq!(g.binds[0].source, Path::new("/host/rootfs"));
+        let dir_name = tmp.path().file_name().unwrap().to_string_lossy();
         assert_eq!(
             g.binds[1].target,
-            Path::new(&format!("c1/mounts/{}", n - 2))
+            Path::new(&format!("c1/mounts/{}/{dir_name}", n - 2))
         );
         assert!(g.binds[1].readonly && g.binds[1].is_dir);
         assert!(!g.binds[2].readonly && !g.binds[2].is_dir);
         let out = g.spec.mounts().as_ref().unwrap();
         assert_eq!(
             out[n - 1].source().as_deref(),
-            Some(Path::new(&format!("/run/husk/shared/c1/mounts/{}", n - 1)))
+            Some(Path::new(&format!(
+                "/run/husk/shared/c1/mounts/{}/hosts",
+                n - 1
+            )))
         );
         // proc and friends are untouched.
         assert_eq!(out[0], spec.mounts().as_ref().unwrap()[0]);

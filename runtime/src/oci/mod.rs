@@ -5,5 +5,6 @@ pub mod bundle;
 pub mod cpuset;
 pub mod guest_spec;
 pub mod hooks;
+pub mod namespaces;
 pub mod netns;
 pub mod state;

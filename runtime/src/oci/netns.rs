@@ -16,11 +16,6 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
-/// `ioctl(NS_GET_NSTYPE)`: the `CLONE_NEW*` type of a namespace fd.
-const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
-/// `statfs` type of the namespace file system.
-const NSFS_MAGIC: libc::c_long = 0x6e73_6673;
-
 /// Why the spec's network namespace cannot be given to a VM.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -105,39 +100,20 @@ impl NetworkNamespace {
 
 /// Opens `path` and checks it is a network namespace.
 fn open_network_namespace(path: &Path) -> Result<OwnedFd, Error> {
-    let file = File::open(path).map_err(|source| Error::Open {
-        path: path.to_owned(),
-        source,
-    })?;
-    let not_network = |what: String| Error::NotNetwork {
-        path: path.to_owned(),
-        what,
-    };
-    // SAFETY: statfs writes into the zeroed struct we own.
-    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `file` is an open fd; `fs` is valid for writes.
-    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut fs) } != 0 || fs.f_type != NSFS_MAGIC {
-        return Err(not_network("not a namespace file".into()));
-    }
-    // SAFETY: NS_GET_NSTYPE takes no argument and only reads the fd.
-    let kind = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE) };
-    if kind != libc::CLONE_NEWNET {
-        return Err(not_network(format!("a {} namespace", type_name(kind))));
-    }
-    Ok(file.into())
-}
-
-/// The name of a `CLONE_NEW*` namespace type.
-fn type_name(kind: libc::c_int) -> &'static str {
-    match kind {
-        libc::CLONE_NEWNS => "mount",
-        libc::CLONE_NEWUTS => "uts",
-        libc::CLONE_NEWIPC => "ipc",
-        libc::CLONE_NEWUSER => "user",
-        libc::CLONE_NEWPID => "pid",
-        libc::CLONE_NEWCGROUP => "cgroup",
-        libc::CLONE_NEWTIME => "time",
-        _ => "unknown",
+    match super::namespaces::open(path, libc::CLONE_NEWNET) {
+        Ok(file) => Ok(file.into()),
+        Err(super::namespaces::Error::Open { source, .. }) => Err(Error::Open {
+            path: path.to_owned(),
+            source,
+        }),
+        Err(super::namespaces::Error::WrongType { what, .. }) => Err(Error::NotNetwork {
+            path: path.to_owned(),
+            what,
+        }),
+        Err(other) => Err(Error::NotNetwork {
+            path: path.to_owned(),
+            what: other.to_string(),
+        }),
     }
 }
 
