@@ -511,6 +511,19 @@ fn pod_checks(
     steps.done("StopPodSandbox, RemovePodSandbox");
 }
 
+/// Asserts a command printed `stdout` and exited with `code`.
+fn assert_output(out: &std::process::Output, stdout: &str, code: i32) {
+    assert_eq!(
+        (
+            String::from_utf8_lossy(&out.stdout).as_ref(),
+            out.status.code()
+        ),
+        (stdout, Some(code)),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// `ctr run --rm` (its output and exit status) and `ctr task exec` with
 /// the runtime type directly, no CRI.
 fn ctr_checks(cd: &Containerd, runtime_type: &str, steps: &mut Steps) {
@@ -529,15 +542,7 @@ fn ctr_checks(cd: &Containerd, runtime_type: &str, steps: &mut Steps) {
         "-c",
         "echo hi; exit 3",
     ]);
-    assert_eq!(
-        (
-            String::from_utf8_lossy(&out.stdout).as_ref(),
-            out.status.code()
-        ),
-        ("hi\n", Some(3)),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_output(&out, "hi\n", 3);
     steps.done("ctr run --rm");
 
     let id = "husk-ctr-exec";
@@ -565,15 +570,7 @@ fn ctr_checks(cd: &Containerd, runtime_type: &str, steps: &mut Steps) {
         "-c",
         "echo from-exec; exit 4",
     ]);
-    assert_eq!(
-        (
-            String::from_utf8_lossy(&out.stdout).as_ref(),
-            out.status.code()
-        ),
-        ("from-exec\n", Some(4)),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_output(&out, "from-exec\n", 4);
     // Metrics from the container's cgroup, pause and resume, then a kill
     // whose exit status ctr's task list shows.
     let text = |out: &std::process::Output| String::from_utf8_lossy(&out.stdout).into_owned();

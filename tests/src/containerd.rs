@@ -741,18 +741,7 @@ fn ensure_installed() -> Result<()> {
         .map(PathBuf::from)
         .chain(["bridge", "host-local", "loopback"].map(|p| Path::new(config::CNI_BIN_DIR).join(p)))
         .collect();
-    if needed.iter().all(|p| p.exists()) {
-        return Ok(());
-    }
-    eprintln!("installing {} from Debian", PACKAGES.join(" "));
-    host::apt_install(&PACKAGES)?;
-    if let Some(missing) = needed.iter().find(|p| !p.exists()) {
-        bail!(
-            "{} is still missing after installing {PACKAGES:?}",
-            missing.display()
-        );
-    }
-    Ok(())
+    host::ensure_installed(&needed, &PACKAGES)
 }
 
 /// The entries of `dir` (none if it cannot be read).

@@ -643,22 +643,12 @@ impl Drop for DockerDaemon {
 
 /// Installs Debian's docker.io and containerd when any part is missing.
 fn ensure_installed() -> Result<()> {
-    let needed = [DOCKER, DOCKERD, CONTAINERD]
+    let needed: Vec<PathBuf> = [DOCKER, DOCKERD, CONTAINERD]
         .into_iter()
         .chain(HELPERS)
-        .map(Path::new);
-    if needed.clone().all(Path::exists) {
-        return Ok(());
-    }
-    eprintln!("installing {} from Debian", PACKAGES.join(" "));
-    host::apt_install(&PACKAGES)?;
-    if let Some(missing) = needed.clone().find(|p| !p.exists()) {
-        bail!(
-            "{} is still missing after installing {PACKAGES:?}",
-            missing.display()
-        );
-    }
-    Ok(())
+        .map(PathBuf::from)
+        .collect();
+    host::ensure_installed(&needed, &PACKAGES)
 }
 
 /// Starts a daemon with its output in `log`, a fixed PATH

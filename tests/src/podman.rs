@@ -397,12 +397,8 @@ fn podman_namespaces() -> BTreeSet<String> {
 
 /// Installs [`PACKAGES`] from Debian when podman or netavark is missing.
 fn ensure_installed() -> Result<()> {
-    let needed = [PODMAN, "/usr/lib/podman/netavark", "/usr/bin/conmon"];
-    if needed.iter().all(|p| Path::new(p).exists()) {
-        return Ok(());
-    }
-    eprintln!("installing {} from Debian", PACKAGES.join(" "));
-    host::apt_install(&PACKAGES)
+    let needed = [PODMAN, "/usr/lib/podman/netavark", "/usr/bin/conmon"].map(PathBuf::from);
+    host::ensure_installed(&needed, &PACKAGES)
 }
 
 #[cfg(test)]

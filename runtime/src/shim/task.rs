@@ -442,13 +442,7 @@ impl Inner {
         let agent = self.agent()?;
         if exec_id.is_empty() {
             agent
-                .start_container(
-                    ctx(),
-                    &ContainerRequest {
-                        container_id: id.to_owned(),
-                        ..Default::default()
-                    },
-                )
+                .start_container(ctx(), &container_request(id))
                 .await
                 .map_err(|e| agent_error("starting the container", &e))?;
         } else {
@@ -619,10 +613,7 @@ impl Inner {
     async fn pause(self: &Arc<Self>, id: &str, pause: bool) -> RpcResult<()> {
         let container = self.container(id)?;
         let agent = self.agent()?;
-        let req = ContainerRequest {
-            container_id: id.to_owned(),
-            ..Default::default()
-        };
+        let req = container_request(id);
         if pause {
             agent
                 .pause_container(ctx(), &req)
@@ -711,6 +702,14 @@ fn refuse_host_namespaces(bundle: &Bundle) -> RpcResult<()> {
     Ok(())
 }
 
+/// The agent's request naming container `id`.
+fn container_request(id: &str) -> ContainerRequest {
+    ContainerRequest {
+        container_id: id.to_owned(),
+        ..Default::default()
+    }
+}
+
 fn display_exec(exec_id: &str) -> &str {
     if exec_id.is_empty() {
         "init"
@@ -786,13 +785,7 @@ impl Task for TaskService {
         let reply = self
             .inner
             .agent()?
-            .list_processes(
-                ctx(),
-                &ContainerRequest {
-                    container_id: req.id.clone(),
-                    ..Default::default()
-                },
-            )
+            .list_processes(ctx(), &container_request(&req.id))
             .await
             .map_err(|e| agent_error("listing the container's processes", &e))?;
         Ok(PidsResponse {
@@ -928,13 +921,7 @@ impl Task for TaskService {
         let stats = self
             .inner
             .agent()?
-            .stats_container(
-                ctx(),
-                &ContainerRequest {
-                    container_id: req.id.clone(),
-                    ..Default::default()
-                },
-            )
+            .stats_container(ctx(), &container_request(&req.id))
             .await
             .map_err(|e| agent_error("reading the container's statistics", &e))?;
         let any = metrics::to_any(&metrics::metrics(&stats))

@@ -41,6 +41,23 @@ pub fn apt_install(packages: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Installs `packages` from Debian unless every file of `needed` exists,
+/// and fails naming the first one still missing after.
+pub fn ensure_installed(needed: &[PathBuf], packages: &[&str]) -> Result<()> {
+    if needed.iter().all(|p| p.exists()) {
+        return Ok(());
+    }
+    eprintln!("installing {} from Debian", packages.join(" "));
+    apt_install(packages)?;
+    if let Some(missing) = needed.iter().find(|p| !p.exists()) {
+        bail!(
+            "{} is still missing after installing {packages:?}",
+            missing.display()
+        );
+    }
+    Ok(())
+}
+
 /// Whether an overlay storage driver can work in `dir`: the kernel has
 /// overlayfs and `dir` is not on overlayfs itself (where overlay cannot
 /// stack).
