@@ -183,39 +183,6 @@ fn husk_shim_runtime() -> (tempfile::TempDir, ShimRuntime) {
     (dir, husk)
 }
 
-/// A shim registered by name and directory, as husk's is: a wrapper
-/// `containerd-shim-spy-v2` in a directory of the test's, found on
-/// containerd's PATH, that records how containerd starts it and then
-/// runs containerd's runc shim. The whole scenario runs through it.
-#[test]
-fn cri_pod_with_a_shim_found_by_name() {
-    let dir = tempfile::tempdir().unwrap();
-    let record = dir.path().join("invocations.log");
-    let shim = dir.path().join("containerd-shim-spy-v2");
-    std::fs::write(
-        &shim,
-        format!(
-            "#!/bin/sh\n\
-             {{ echo \"argv: $0 $*\"; echo \"cwd: $PWD\"; env | sort | sed 's/^/env: /'; echo; }} >> '{}'\n\
-             exec /usr/bin/containerd-shim-runc-v2 \"$@\"\n",
-            record.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&shim, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let spy = ShimRuntime::new("spy", "io.containerd.spy.v2", Some(dir.path().to_owned()));
-    pod_scenario(&[spy], "spy", "io.containerd.spy.v2", None);
-    let invocations = std::fs::read_to_string(&record).unwrap();
-    eprintln!("{invocations}");
-    assert!(
-        invocations.contains(" start"),
-        "containerd never ran the shim's start: {invocations}"
-    );
-    if let Some(notes) = std::env::var_os("HUSK_CRI_NOTES") {
-        std::fs::write(Path::new(&notes).join("shim-invocations.log"), &invocations).unwrap();
-    }
-}
-
 /// The leftover checks themselves: containerd killed with a pod running
 /// leaves its shim, the pod's processes, mounts and network namespace,
 /// and teardown must report them all, then remove them.
@@ -509,6 +476,34 @@ fn pod_checks(
         .any(|p| p.id == pod_id));
     assert!(cri.list_containers().unwrap().is_empty());
     steps.done("StopPodSandbox, RemovePodSandbox");
+
+    // shareProcessNamespace: the pod's containers see one process tree,
+    // whose PID 1 is the sandbox's pause process.
+    let pod = cd
+        .pod_config("shared-pid")
+        .unwrap()
+        .share_process_namespace(true);
+    let pod_config = pod.build();
+    let pod_id = cri.run_pod_sandbox(&pod_config, handler).unwrap();
+    let c = ContainerConfig::new("c", images::BUSYBOX)
+        .command(&["sleep", "600"])
+        .build();
+    let c_id = cri.create_container(&pod_id, &c, &pod_config).unwrap();
+    cri.start_container(&c_id).unwrap();
+    let out = cri
+        .exec_sync(&c_id, &["cat", "/proc/1/cmdline"], Duration::from_secs(30))
+        .unwrap();
+    assert!(
+        out.stdout.contains("trap"),
+        "PID 1 is not the pause: {out:?}"
+    );
+    let out = cri
+        .exec_sync(&c_id, &["pidof", "sleep"], Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(out.exit_code, 0, "{out:?}");
+    cri.stop_pod_sandbox(&pod_id).unwrap();
+    cri.remove_pod_sandbox(&pod_id).unwrap();
+    steps.done("shareProcessNamespace: one process tree, the pause as PID 1");
 }
 
 /// Asserts a command printed `stdout` and exited with `code`.
