@@ -1253,3 +1253,69 @@ fn bind_mounts_keep_their_names_and_mount_options_hold_in_the_guest() {
     assert!(!source.join("new").exists());
     w.assert_clean();
 }
+
+/// What `linux.resources` asks of the block I/O and hugetlb controllers
+/// is applied in the guest, as runc applies it on a host (config-linux.md
+/// "Block IO", "Huge page limits"): the weight lands in `io.bfq.weight`
+/// (the guest kernel has BFQ with group scheduling), the 2 MiB and 1 GiB
+/// page limits in `hugetlb.*.max` (the VM's CPU offers 1 GiB pages); and
+/// the guest has the rdma and misc controllers.
+#[test]
+fn block_io_weight_and_hugepage_limits_hold_in_the_guest() {
+    let w = World::new();
+    let bundle = w.bundle(
+        "blkio",
+        &[
+            "sh",
+            "-c",
+            "cat /sys/fs/cgroup/io.bfq.weight /sys/fs/cgroup/hugetlb.2MB.max \
+             /sys/fs/cgroup/hugetlb.1GB.max; grep -o pdpe1gb /proc/cpuinfo | head -1; \
+             cat /sys/fs/cgroup/cgroup.controllers",
+        ],
+        |spec| {
+            let resources = serde_json::json!({
+                "blockIO": {"weight": 500},
+                "hugepageLimits": [
+                    {"pageSize": "2MB", "limit": 4194304},
+                    {"pageSize": "1GB", "limit": 1073741824}
+                ]
+            });
+            let mut linux = spec.linux().clone().unwrap();
+            linux.set_resources(Some(serde_json::from_value(resources).unwrap()));
+            spec.set_linux(Some(linux));
+        },
+    );
+    let stdout = w.run_ok(&bundle, "blkio1");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.first(), Some(&"default 500"), "{stdout}");
+    assert!(lines.contains(&"4194304"), "{stdout}");
+    assert!(lines.contains(&"1073741824"), "{stdout}");
+    assert!(lines.contains(&"pdpe1gb"), "{stdout}");
+    w.assert_clean();
+
+    // The guest's root offers rdma and misc (the container's own cgroup
+    // lists what its parent enabled for it).
+    let root = w.bundle(
+        "controllers",
+        &["cat", "/sys/fs/cgroup/cgroup.controllers"],
+        |spec| {
+            let mut linux = spec.linux().clone().unwrap();
+            let namespaces = linux.namespaces().clone().unwrap_or_default();
+            linux.set_namespaces(Some(
+                namespaces
+                    .into_iter()
+                    .filter(|ns| ns.typ() != LinuxNamespaceType::Cgroup)
+                    .collect(),
+            ));
+            spec.set_linux(Some(linux));
+        },
+    );
+    let stdout = w.run_ok(&root, "controllers1");
+    for controller in ["io", "hugetlb", "rdma", "misc"] {
+        assert!(
+            stdout.split_whitespace().any(|c| c == controller),
+            "{controller} missing: {stdout}"
+        );
+    }
+    w.assert_clean();
+}
