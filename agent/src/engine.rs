@@ -131,6 +131,9 @@ impl Engine {
             )));
         }
         let process_file = bundle.join(format!("exec-{exec_id}.json"));
+        let mut process = process.clone();
+        normalize_no_new_privileges(&mut process);
+        let process = &process;
         let json = serde_json::to_vec(process)
             .map_err(|e| AgentError::InvalidArgument(format!("process: {e}")))?;
         fs::write(&process_file, json)
@@ -240,6 +243,19 @@ impl PendingIo {
 
 /// Adapts a host spec to the guest: the rootfs is where the agent was told,
 /// and the cgroup is the agent's own.
+/// `noNewPrivileges: false` means the same as leaving it out (the spec's
+/// default), and is passed on as left out: libcontainer tells the two apart
+/// by presence alone and, for an explicit `false`, loads the seccomp
+/// filter after dropping capabilities, where loading it without
+/// no_new_privs needs the CAP_SYS_ADMIN just dropped, so every such
+/// container failed to start. Left out, the filter is loaded while still
+/// privileged, as runc does.
+fn normalize_no_new_privileges(process: &mut OciProcess) {
+    if process.no_new_privileges() == Some(false) {
+        process.set_no_new_privileges(None);
+    }
+}
+
 fn prepare_spec(spec: &mut Spec, container_id: &str, rootfs: &Path) -> Result<()> {
     if spec.process().is_none() {
         return Err(AgentError::InvalidArgument(
@@ -261,6 +277,9 @@ fn prepare_spec(spec: &mut Spec, container_id: &str, rootfs: &Path) -> Result<()
     let mut root = spec.root().clone().unwrap_or_default();
     root.set_path(rootfs.to_owned());
     spec.set_root(Some(root));
+    if let Some(process) = spec.process_mut() {
+        normalize_no_new_privileges(process);
+    }
     if let Some(linux) = spec.linux_mut() {
         linux.set_cgroups_path(Some(cgroup_path(container_id)));
     }

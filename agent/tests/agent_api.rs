@@ -726,3 +726,60 @@ async fn a_pod_member_joins_its_sandbox_containers_namespaces() {
     remove(&client, &member).await;
     remove(&client, &pause).await;
 }
+
+/// A seccomp profile that forbids syscalls the engine itself makes
+/// before exec'ing the program (`getcwd`, `chdir`, `fchdir`, `prctl`)
+/// still starts a container with `noNewPrivileges`: the filter is loaded
+/// right before exec, as crun does (config-linux.md "Seccomp"), and the
+/// workload meets it. And a profile with `noNewPrivileges: false` spelled
+/// out loads like one where it is left out (it used to fail every start:
+/// the engine loaded it unprivileged).
+#[tokio::test]
+async fn seccomp_loads_late_with_no_new_privileges_and_an_explicit_false_loads_too() {
+    let agent = Agent::start();
+    let client = agent.client().await;
+    let profile = |names: &[&str]| {
+        LinuxSeccompBuilder::default()
+            .default_action(LinuxSeccompAction::ScmpActAllow)
+            .syscalls(vec![LinuxSyscallBuilder::default()
+                .names(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .action(LinuxSeccompAction::ScmpActErrno)
+                .errno_ret(libc::EPERM as u32)
+                .build()
+                .expect("syscall rule")])
+            .build()
+            .expect("seccomp")
+    };
+    let cases = [
+        (
+            "late",
+            Some(true),
+            profile(&["getcwd", "chdir", "fchdir", "prctl"]),
+            "cd /tmp 2>&1; echo started",
+        ),
+        (
+            "explicitfalse",
+            Some(false),
+            profile(&["mkdir", "mkdirat"]),
+            "mkdir /tmp/x 2>&1; echo started",
+        ),
+    ];
+    for (name, no_new_privileges, seccomp, script) in cases {
+        let id = unique_id(name);
+        let mut s = spec(&["sh", "-c", script]);
+        s.linux_mut()
+            .as_mut()
+            .expect("linux")
+            .set_seccomp(Some(seccomp));
+        let mut process = s.process().clone().expect("process");
+        process.set_no_new_privileges(no_new_privileges);
+        s.set_process(Some(process));
+        let (out, err, status) = run(&client, &id, &s).await;
+        assert_eq!(status, 0, "{name}: {out}{err}");
+        assert!(out.ends_with("started\n"), "{name}: {out}{err}");
+        assert!(
+            out.contains("not permitted"),
+            "{name}: the filter did not hold: {out}"
+        );
+    }
+}
