@@ -30,6 +30,29 @@ pub fn cgroup_path(container_id: &str) -> PathBuf {
     PathBuf::from(format!("/husk/{container_id}"))
 }
 
+/// How long `start` waits for the init process to exec its program.
+const EXEC_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often it looks.
+const EXEC_POLL: std::time::Duration = std::time::Duration::from_micros(500);
+
+/// Waits until process `pid` has exec'd: its executable is no longer this
+/// agent's (the container's init is a fork of it until then), or it is
+/// gone. So `start` returns as runc's does after its exec FIFO: a signal
+/// sent right after reaches the program, not the engine's init (which may
+/// still be running startContainer hooks).
+fn wait_for_exec(pid: i32) {
+    use std::os::unix::fs::MetadataExt;
+    let id = |path: &str| fs::metadata(path).map(|m| (m.dev(), m.ino())).ok();
+    let Some(agent) = id("/proc/self/exe") else {
+        return;
+    };
+    let exe = format!("/proc/{pid}/exe");
+    let deadline = std::time::Instant::now() + EXEC_WAIT;
+    while id(&exe) == Some(agent) && std::time::Instant::now() < deadline {
+        std::thread::sleep(EXEC_POLL);
+    }
+}
+
 /// Creates, starts and manages containers.
 pub struct Engine {
     /// libcontainer's state directory (one folder per container).
@@ -117,6 +140,9 @@ impl Engine {
             )));
         }
         container.start()?;
+        if let Some(pid) = container.pid() {
+            wait_for_exec(pid.as_raw());
+        }
         Ok(())
     }
 

@@ -783,3 +783,46 @@ async fn seccomp_loads_late_with_no_new_privileges_and_an_explicit_false_loads_t
         );
     }
 }
+
+/// `start` returns only once the container's init has exec'd its program
+/// (runc's exec FIFO guarantee), so a signal sent right after reaches the
+/// program. A startContainer hook (run by the init between the start
+/// signal and exec) holds the exec back for half a second: right after
+/// StartContainer the init's executable must already be the workload's,
+/// not the agent's, of which it is a fork until it execs.
+#[tokio::test]
+async fn start_returns_once_the_init_runs_its_program() {
+    let agent = Agent::start();
+    let client = agent.client().await;
+    let agent_exe = std::fs::read_link(format!("/proc/{}/exe", agent.pid())).expect("agent exe");
+    let id = unique_id("execd");
+    let mut s = spec(&["sleep", "1000"]);
+    s.set_hooks(Some(
+        oci_spec::runtime::HooksBuilder::default()
+            .start_container(vec![oci_spec::runtime::HookBuilder::default()
+                .path("/bin/sleep")
+                .args(vec!["sleep".to_string(), "0.5".to_string()])
+                .build()
+                .expect("hook")])
+            .build()
+            .expect("hooks"),
+    ));
+    create(&client, &id, &s).await.expect("create");
+    start(&client, &id).await;
+    let pids = client
+        .list_processes(
+            ctx(),
+            &ContainerRequest {
+                container_id: id.clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("pids")
+        .pids;
+    let init = pids.iter().min().copied().expect("an init process");
+    let exe = std::fs::read_link(format!("/proc/{init}/exe")).expect("init exe");
+    assert_ne!(exe, agent_exe, "start returned before the init exec'd");
+    assert!(exe.ends_with("bin/busybox"), "{}", exe.display());
+    remove(&client, &id).await;
+}
