@@ -651,6 +651,22 @@ fn bad_input_is_one_clear_line_and_leaves_nothing() {
     let missing_ipc = ns_bundle("noipc", LinuxNamespaceType::Ipc, "/nonexistent/ns/ipc");
     let wrong_ipc = ns_bundle("wrongipc", LinuxNamespaceType::Ipc, "/proc/self/ns/uts");
     let host_pid = ns_bundle("hostpid", LinuxNamespaceType::Pid, "/proc/self/ns/pid");
+    // A resource the guest's cgroup v2 cannot apply (runc fails the same
+    // way on a cgroup v2 host), and a realtime CPU budget.
+    let leaf_weight = w.bundle("leafweight", &["true"], |spec| {
+        let mut linux = spec.linux().clone().unwrap();
+        linux.set_resources(Some(
+            serde_json::from_value(serde_json::json!({"blockIO": {"leafWeight": 300}})).unwrap(),
+        ));
+        spec.set_linux(Some(linux));
+    });
+    let realtime = w.bundle("realtime", &["true"], |spec| {
+        let mut linux = spec.linux().clone().unwrap();
+        linux.set_resources(Some(
+            serde_json::from_value(serde_json::json!({"cpu": {"realtimeRuntime": 1000}})).unwrap(),
+        ));
+        spec.set_linux(Some(linux));
+    });
     // CPUs no VM of the configuration has (max_vcpus 4 by default).
     let many_cpus = w.bundle("cpus", &["true"], |spec| set_cpuset(spec, "0-15"));
     let mut holder = Command::new("unshare")
@@ -725,6 +741,14 @@ fn bad_input_is_one_clear_line_and_leaves_nothing() {
         (
             vec!["create", "--bundle", host_pid.to_str().unwrap(), "s3"],
             "a container in a VM cannot join it",
+        ),
+        (
+            vec!["create", "--bundle", leaf_weight.to_str().unwrap(), "r1"],
+            "leaf_weight",
+        ),
+        (
+            vec!["create", "--bundle", realtime.to_str().unwrap(), "r2"],
+            "realtime",
         ),
         (
             vec!["create", "--bundle", many_cpus.to_str().unwrap(), "n5"],
@@ -1182,8 +1206,8 @@ fn a_cpuset_gets_the_vm_the_cpus_it_names() {
 /// Bind mounts keep their source's name through the share (the guest's
 /// mountinfo shows `.../volume-src`, not an index), and mount options are
 /// honoured in the guest as runc honours them on a host: `ro`, `nosuid`,
-/// `nodev`, `noexec` on a bind, a tmpfs's `size`; writes to the read-only
-/// bind fail (spec: config.md "mounts").
+/// `nodev`, `noexec` on a bind, `rshared` propagation, a tmpfs's `size`;
+/// writes to the read-only bind fail (spec: config.md "mounts").
 #[test]
 fn bind_mounts_keep_their_names_and_mount_options_hold_in_the_guest() {
     let w = World::new();
@@ -1195,7 +1219,7 @@ fn bind_mounts_keep_their_names_and_mount_options_hold_in_the_guest() {
         &[
             "sh",
             "-c",
-            "grep -E ' /data | /scratch ' /proc/self/mountinfo; cat /data/file; \
+            "grep -E ' /data | /scratch | /shared ' /proc/self/mountinfo; cat /data/file; \
              touch /data/new 2>/dev/null && echo wrote || echo read-only",
         ],
         |spec| {
@@ -1210,6 +1234,15 @@ fn bind_mounts_keep_their_names_and_mount_options_hold_in_the_guest() {
                             .map(String::from)
                             .to_vec(),
                     )
+                    .build()
+                    .unwrap(),
+            );
+            mounts.push(
+                oci_spec::runtime::MountBuilder::default()
+                    .destination("/shared")
+                    .typ("bind")
+                    .source(&source)
+                    .options(["rbind", "rshared"].map(String::from).to_vec())
                     .build()
                     .unwrap(),
             );
@@ -1248,6 +1281,14 @@ fn bind_mounts_keep_their_names_and_mount_options_hold_in_the_guest() {
         .find(|l| l.contains(" /scratch "))
         .unwrap_or_else(|| panic!("no /scratch in mountinfo: {stdout}"));
     assert!(scratch.contains("size=1024k"), "{scratch}");
+    // Propagation: the rshared bind is a peer group of its own; the
+    // default (private) one is in none.
+    let shared = stdout
+        .lines()
+        .find(|l| l.contains(" /shared "))
+        .unwrap_or_else(|| panic!("no /shared in mountinfo: {stdout}"));
+    assert!(shared.contains(" shared:"), "{shared}");
+    assert!(!data.contains(" shared:"), "{data}");
     assert!(stdout.contains("from the host\n"), "{stdout}");
     assert!(stdout.trim_end().ends_with("read-only"), "{stdout}");
     assert!(!source.join("new").exists());

@@ -306,6 +306,12 @@ if [[ $main_up -eq 0 ]]; then
     # own CPU lacks the feature: the VMM must still offer it.
     check "guest CPU: TSC-deadline timer" "no tsc_deadline_timer flag in the guest" \
         grep -qw tsc_deadline_timer <<<"$cpuinfo"
+    # 1 GiB pages (OCI hugepageLimits for 1GB need hugetlb.1GB.* in the
+    # guest): the VMM passes L1's pdpe1gb through.
+    if grep -qw pdpe1gb /proc/cpuinfo; then
+        check "guest CPU: 1 GiB pages (pdpe1gb)" "no pdpe1gb flag in the guest" \
+            grep -qw pdpe1gb <<<"$cpuinfo"
+    fi
 
     out=$(husk exec main nproc 2>&1)
     check "2 vCPUs: nproc" "nproc says $out" test "$out" = 2

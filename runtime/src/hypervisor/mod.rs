@@ -210,7 +210,7 @@ pub trait Hypervisor: Send {
 /// ("Kernel command line") gives the measurements behind each word.
 pub fn kernel_cmdline(reboot: RebootMode, spec: &VmSpec) -> String {
     let reboot = format!("reboot={}", reboot.kernel_word());
-    let words: [&str; 7] = [
+    let words: [&str; 8] = [
         // The VM's only UART (QEMU microvm's isa-serial, the builtin VMM's
         // 16550 at 0x3f8) is the console; the sandbox keeps it as console.log.
         "console=ttyS0",
@@ -242,6 +242,13 @@ pub fn kernel_cmdline(reboot: RebootMode, spec: &VmSpec) -> String {
         // work waits in synchronize_rcu, which otherwise waits for every
         // vCPU's scheduler ticks, slow when the host starves vCPUs.
         "rcupdate.rcu_expedited=1",
+        // 1 GiB huge pages as well as 2 MiB ones, so that OCI
+        // hugepageLimits for 1GB find their hugetlb.1GB.* cgroup files. The
+        // kernel registers the size only where the CPU has pdpe1gb (it
+        // logs and ignores the word elsewhere); without the word it would
+        // need run-time contiguous allocation (CMA or compaction with
+        // memory isolation) to offer it.
+        "hugepagesz=1G",
         // Kernel messages below warnings stay off the console: under TCG
         // each byte is an emulated UART write (debug_console adds
         // loglevel=7 after this).
@@ -571,12 +578,12 @@ mod tests {
         assert_eq!(
             kernel_cmdline(RebootMode::TripleFault, &s),
             "console=ttyS0 reboot=t panic=-1 no_timer_check tsc=reliable \
-             rcupdate.rcu_expedited=1 quiet a=1 b"
+             rcupdate.rcu_expedited=1 hugepagesz=1G quiet a=1 b"
         );
         assert_eq!(
             kernel_cmdline(RebootMode::Keyboard, &s),
             "console=ttyS0 reboot=k panic=-1 no_timer_check tsc=reliable \
-             rcupdate.rcu_expedited=1 quiet a=1 b"
+             rcupdate.rcu_expedited=1 hugepagesz=1G quiet a=1 b"
         );
     }
 
