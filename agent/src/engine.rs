@@ -126,7 +126,10 @@ impl Engine {
             .ok_or_else(|| AgentError::Engine("the container has no init process".into()))?
             .as_raw();
         let exit = guard.register(pid);
+        // Under the guard: the helper's exit is this call's to reap.
+        let propagated = crate::propagation::apply(pid, &crate::propagation::wanted(spec));
         drop(guard);
+        propagated?;
         Process::new(pid, io.finish()?, exit)
     }
 

@@ -15,6 +15,7 @@ pub mod init;
 pub mod listen;
 pub mod network;
 pub mod process;
+pub mod propagation;
 pub mod reaper;
 pub mod sandbox;
 pub mod service;

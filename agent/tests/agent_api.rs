@@ -826,3 +826,45 @@ async fn start_returns_once_the_init_runs_its_program() {
     assert!(exe.ends_with("bin/busybox"), "{}", exe.display());
     remove(&client, &id).await;
 }
+
+/// A bind mount's propagation option holds (the engine ignored it: the
+/// kernel takes propagation only in a mount call of its own): `rshared`
+/// shows a peer group in mountinfo, the default shows none.
+#[tokio::test]
+async fn a_bind_mounts_propagation_option_holds() {
+    let agent = Agent::start();
+    let client = agent.client().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let id = unique_id("propagation");
+    let mut s = spec(&[
+        "sh",
+        "-c",
+        "grep -E ' /(shared|plain) ' /proc/self/mountinfo",
+    ]);
+    let mut mounts = s.mounts().clone().unwrap_or_default();
+    for (destination, options) in [
+        ("/shared", vec!["rbind", "rshared"]),
+        ("/plain", vec!["rbind"]),
+    ] {
+        mounts.push(
+            oci_spec::runtime::MountBuilder::default()
+                .destination(destination)
+                .typ("bind")
+                .source(dir.path())
+                .options(options.into_iter().map(String::from).collect::<Vec<_>>())
+                .build()
+                .expect("mount"),
+        );
+    }
+    s.set_mounts(Some(mounts));
+    let (out, err, status) = run(&client, &id, &s).await;
+    assert_eq!(status, 0, "{out}{err}");
+    let line = |m: &str| {
+        out.lines()
+            .find(|l| l.contains(&format!(" {m} ")))
+            .unwrap_or_else(|| panic!("no {m}: {out}"))
+            .to_owned()
+    };
+    assert!(line("/shared").contains(" shared:"), "{out}");
+    assert!(!line("/plain").contains(" shared:"), "{out}");
+}
