@@ -6,7 +6,7 @@ SHELL := /bin/bash
 BUILD := build
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: demo test deps build check agent kernel image guest install bench bench-nested bench-net bench-pod clean
+.PHONY: demo test deps build check agent kernel image guest install bench bench-nested bench-net bench-pod soak clean
 
 PREFIX ?= /usr/local
 
@@ -18,12 +18,16 @@ demo: deps build guest install
 ## test: install what is needed, build, and run every test, layer by layer
 ## (each runs even when an earlier one failed), then a table of how long
 ## each layer took. The nested layer boots the real guest on the builtin VMM
-## inside a QEMU/TCG VM with nested KVM (tests/nested/).
+## inside a QEMU/TCG VM with nested KVM (tests/nested/). The soak layer is
+## `make soak` cut to 20 lifecycles.
 LAYERS := $(BUILD)/test-layers.tsv
+# The soak, as `make build` leaves it (debug, beside the husk it drives).
+SOAK := $${CARGO_TARGET_DIR:-target}/debug/husk-soak
 test: deps check build guest
 	@rm -f $(LAYERS)
 	scripts/layer.sh $(LAYERS) "cargo test (units, agent, VMM, QEMU e2e, docker)" \
 		cargo test --workspace --no-fail-fast
+	scripts/layer.sh $(LAYERS) "soak (20 lifecycles)" $(SOAK) --lifecycles 20 --every 10
 	scripts/layer.sh $(LAYERS) "guest image" tests/guest/image-check.sh
 	scripts/layer.sh $(LAYERS) "guest boot (QEMU/TCG)" \
 		tests/guest/boot-check.sh --kernel "$$(guest-kernel/build.sh --print-path)"
@@ -113,6 +117,20 @@ bench-net: deps guest
 ## 5); the table also goes to build/bench-pod.md.
 bench-pod: deps guest
 	tests/bench/pod-start.sh
+
+## soak: a leak soak of the husk CLI (as root): SOAK_LIFECYCLES (default
+## 500) container lifecycles of mixed kinds (exit 0, non-zero, killed, OOM,
+## exec'd, paused then deleted, `delete --force` while running), counting
+## processes, fds, mounts, sockets, taps, netns, cgroups, state entries and
+## used memory every SOAK_EVERY (50); fails when a count grows. About 2-3 s
+## a lifecycle under TCG, so about 20 minutes; not part of `make test`,
+## which runs 20. See tests/src/bin/husk-soak.rs.
+SOAK_LIFECYCLES ?= 500
+SOAK_EVERY ?= 50
+soak: deps guest
+	cargo build -p husk-runtime --bin husk
+	cargo build -p husk-tests --bin husk-soak
+	$(SOAK) --lifecycles $(SOAK_LIFECYCLES) --every $(SOAK_EVERY)
 
 # The path of bench $(2) of package $(1), built in release (bench) mode, as
 # cargo reports it.

@@ -93,27 +93,7 @@ impl World {
     /// the proxies `create` leaves behind inherit its stdio and would hold
     /// pipes open for as long as their container lives.
     fn husk(&self, args: &[&str]) -> Output {
-        let out = tempfile::tempfile().unwrap();
-        let err = tempfile::tempfile().unwrap();
-        let status = self
-            .command(args)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(err.try_clone().unwrap())
-            .status()
-            .unwrap();
-        let read = |mut f: std::fs::File| {
-            use std::io::Seek;
-            let mut v = Vec::new();
-            f.seek(std::io::SeekFrom::Start(0)).unwrap();
-            f.read_to_end(&mut v).unwrap();
-            v
-        };
-        Output {
-            status,
-            stdout: read(out),
-            stderr: read(err),
-        }
+        husk_tests::cli::output(&mut self.command(args), None).unwrap()
     }
 
     fn ok(&self, args: &[&str]) -> String {

@@ -3,6 +3,7 @@
 //! - [`guest`]: the guest kernel and initrd, built or found by the project's scripts.
 //! - [`rootfs`]: a busybox container root file system.
 //! - [`containers`]: driving containers through the agent API.
+//! - [`cli`]: running the `husk` CLI to completion, its output through files.
 //! - [`docker`]: a private containerd + dockerd for Docker end-to-end tests.
 //! - [`containerd`]: a private containerd with its CRI plugin, a CRI client
 //!   and offline images for Kubernetes end-to-end tests.
@@ -11,6 +12,7 @@
 //! - [`bench`]: what the benchmarks share (medians, runc and crun beside husk).
 
 pub mod bench;
+pub mod cli;
 pub mod containerd;
 pub mod containers;
 pub mod docker;
