@@ -843,6 +843,39 @@ fn delete_cleans_up_after_a_killed_sandbox_process() {
     w.assert_clean();
 }
 
+/// The VM killed under a running container (QEMU SIGKILLed): the
+/// container does not hang; its init proxy, the pid Docker waits on, exits
+/// with status 255, `state` says stopped, and `delete` leaves nothing.
+#[test]
+fn a_killed_vm_ends_the_container_and_delete_cleans_up() {
+    let w = World::new();
+    let bundle = w.bundle("b", &["sh", "-c", "while :; do sleep 1; done"], |_| {});
+    let pid = w.run_detached(&bundle, "vmk1");
+    let record = w.record("vmk1");
+    let sandbox_dir = record["sandbox_dir"].as_str().unwrap().to_owned();
+    let qemus: Vec<i32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse::<i32>().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).into_owned();
+            (cmdline.starts_with("qemu-system") || cmdline.contains("/qemu-system"))
+                .then_some(())
+                .filter(|()| cmdline.contains(&sandbox_dir))
+                .map(|()| pid)
+        })
+        .collect();
+    assert_eq!(qemus.len(), 1, "{qemus:?}");
+    // SAFETY: kill(2) of the QEMU this test's container runs on.
+    assert_eq!(unsafe { libc::kill(qemus[0], libc::SIGKILL) }, 0);
+    assert_eq!(wait_pid(pid, Duration::from_secs(60)), 255);
+    let state: serde_json::Value = serde_json::from_str(&w.ok(&["state", "vmk1"])).unwrap();
+    assert_eq!(state["status"], "stopped", "{state}");
+    w.ok(&["delete", "vmk1"]);
+    w.assert_clean();
+}
+
 #[test]
 fn check_version_features_and_spec_answer_like_runc() {
     let w = World::new();
