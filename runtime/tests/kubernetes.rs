@@ -58,12 +58,18 @@ fn husk_vms(root: &Path) -> usize {
     let dirs: Vec<std::path::PathBuf> = std::fs::read_dir(root)
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
-    let qemus = processes()
+    dirs.len().max(qemus_under(root).len())
+}
+
+/// The QEMU processes of husk sandboxes under `root`.
+fn qemus_under(root: &Path) -> Vec<i32> {
+    let root = root.to_string_lossy();
+    processes()
         .into_iter()
         .filter(|(_, argv)| argv.first().is_some_and(|a| a.contains("qemu-system")))
-        .filter(|(_, argv)| argv.iter().any(|a| a.contains(&*root.to_string_lossy())))
-        .count();
-    dirs.len().max(qemus)
+        .filter(|(_, argv)| argv.iter().any(|a| a.contains(&*root)))
+        .map(|(pid, _)| pid)
+        .collect()
 }
 
 /// Every process's pid and argv.
@@ -727,13 +733,7 @@ fn a_husk_pod_whose_vm_dies_ends_its_containers() {
         .build();
     let id = cri.create_container(&pod_id, &sleeper, &pod).unwrap();
     cri.start_container(&id).unwrap();
-    let root_text = root.to_string_lossy().into_owned();
-    let qemus: Vec<i32> = processes()
-        .into_iter()
-        .filter(|(_, argv)| argv.first().is_some_and(|a| a.contains("qemu-system")))
-        .filter(|(_, argv)| argv.iter().any(|a| a.contains(&root_text)))
-        .map(|(pid, _)| pid)
-        .collect();
+    let qemus = qemus_under(&root);
     if qemus.is_empty() {
         eprintln!("skipping the VM kill: this configuration runs the builtin VMM inside the shim");
     } else {

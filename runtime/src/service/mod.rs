@@ -203,24 +203,9 @@ impl Sandbox {
         Ok(sandbox)
     }
 
-    /// The sandbox's id.
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
     /// The agent's client.
     pub fn agent(&self) -> &AgentServiceClient {
         self.vm.agent()
-    }
-
-    /// The sandbox directory.
-    pub fn dir(&self) -> &SandboxDir {
-        self.vm.dir()
-    }
-
-    /// The host process running the VM (QEMU), if it is not this one.
-    pub fn vm_pid(&self) -> Option<u32> {
-        self.vm.pid()
     }
 
     /// Resolves once the VM has ended by itself, with how.

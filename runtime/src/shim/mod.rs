@@ -90,6 +90,16 @@ fn bundle_spec(bundle: &Path) -> Option<oci_spec::runtime::Spec> {
     serde_json::from_str(&text).ok()
 }
 
+/// The grouping of container `id` by the spec of the bundle the shim runs
+/// in (its working directory): its pod's sandbox id, else its own.
+fn grouping_here(id: &str) -> String {
+    std::env::current_dir()
+        .ok()
+        .and_then(|bundle| bundle_spec(&bundle))
+        .map(|spec| pod::grouping(&spec, id))
+        .unwrap_or_else(|| id.to_owned())
+}
+
 /// Sends tracing to containerd's `log` FIFO in the bundle, which containerd
 /// reads into its own log; without a reader, logs are dropped.
 fn init_logging(debug: bool) {
@@ -141,11 +151,7 @@ impl Shim for HuskShim {
     }
 
     async fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
-        let grouping = std::env::current_dir()
-            .ok()
-            .and_then(|bundle| bundle_spec(&bundle))
-            .map(|spec| pod::grouping(&spec, &opts.id))
-            .unwrap_or_else(|| opts.id.clone());
+        let grouping = grouping_here(&opts.id);
         let address = spawn(opts, &grouping, Vec::new()).await?;
         write_str_to_file("address", &address).await?;
         Ok(address)
@@ -181,11 +187,7 @@ impl Shim for HuskShim {
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
         let config = Config::load(None).map_err(|e| e.to_string());
-        let grouping = std::env::current_dir()
-            .ok()
-            .and_then(|bundle| bundle_spec(&bundle))
-            .map(|spec| pod::grouping(&spec, &self.id))
-            .unwrap_or_else(|| self.id.clone());
+        let grouping = grouping_here(&self.id);
         let dir = match &config {
             Ok(c) => sandbox_dir(c, &self.namespace, &grouping),
             Err(_) => None,
