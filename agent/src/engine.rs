@@ -15,9 +15,9 @@ use libcontainer::container::Container;
 use libcontainer::oci_spec::runtime::{Process as OciProcess, Spec};
 use libcontainer::signal::Signal;
 use libcontainer::syscall::syscall::SyscallType;
-use libcontainer::workload::default::DefaultExecutor;
 
 use crate::error::{AgentError, Result};
+use crate::late_seccomp::{HuskExecutor, LateSeccomp};
 use crate::process::{Process, ProcessIo};
 use crate::reaper::Reaper;
 use crate::stdio::{self, ConsoleSocket};
@@ -92,18 +92,27 @@ impl Engine {
             )));
         }
         prepare_spec(&mut spec, container_id, rootfs)?;
+        let late_seccomp = LateSeccomp::take(&mut spec)?;
         let net_sysctls = crate::network::sysctl::take_shared(&mut spec)?;
         crate::network::sysctl::apply(&net_sysctls)?;
         fs::create_dir_all(&bundle)
             .map_err(|e| AgentError::io(format!("creating bundle {}", bundle.display()), e))?;
-        let result = self.create_in_bundle(container_id, &spec, &bundle);
+        let result = late_seccomp
+            .save(&bundle)
+            .and_then(|()| self.create_in_bundle(container_id, &spec, &bundle, late_seccomp));
         if result.is_err() {
             self.destroy(container_id);
         }
         result
     }
 
-    fn create_in_bundle(&self, container_id: &str, spec: &Spec, bundle: &Path) -> Result<Process> {
+    fn create_in_bundle(
+        &self,
+        container_id: &str,
+        spec: &Spec,
+        bundle: &Path,
+        late_seccomp: LateSeccomp,
+    ) -> Result<Process> {
         let config = bundle.join("config.json");
         spec.save(&config)
             .map_err(|e| AgentError::Engine(format!("writing {}: {e}", config.display())))?;
@@ -112,7 +121,12 @@ impl Engine {
             .as_ref()
             .and_then(|p| p.terminal())
             .unwrap_or(false);
-        let (builder, io) = self.builder(container_id, terminal, &bundle.join("init.console"))?;
+        let (builder, io) = self.builder(
+            container_id,
+            terminal,
+            &bundle.join("init.console"),
+            late_seccomp,
+        )?;
         let guard = self.reaper.spawn_guard();
         let container = builder
             .validate_id()?
@@ -162,6 +176,8 @@ impl Engine {
         let process_file = bundle.join(format!("exec-{exec_id}.json"));
         let mut process = process.clone();
         normalize_no_new_privileges(&mut process);
+        let late_seccomp =
+            LateSeccomp::for_exec(&bundle, &mut process, container_no_new_privileges(&bundle)?)?;
         let process = &process;
         let json = serde_json::to_vec(process)
             .map_err(|e| AgentError::InvalidArgument(format!("process: {e}")))?;
@@ -170,7 +186,7 @@ impl Engine {
         let terminal = process.terminal().unwrap_or(false);
         let console = bundle.join(format!("exec-{exec_id}.console"));
         let result = (|| {
-            let (builder, io) = self.builder(container_id, terminal, &console)?;
+            let (builder, io) = self.builder(container_id, terminal, &console, late_seccomp)?;
             let guard = self.reaper.spawn_guard();
             let pid = builder
                 .as_tenant()
@@ -235,10 +251,11 @@ impl Engine {
         container_id: &str,
         terminal: bool,
         console_path: &Path,
+        late_seccomp: LateSeccomp,
     ) -> Result<(ContainerBuilder, PendingIo)> {
         let builder = ContainerBuilder::new(container_id.to_owned(), SyscallType::default())
             .with_root_path(&self.state_root)?
-            .with_executor(DefaultExecutor {});
+            .with_executor(HuskExecutor::new(late_seccomp));
         if terminal {
             let _ = fs::remove_file(console_path);
             let console = ConsoleSocket::bind(console_path)?;
@@ -270,15 +287,25 @@ impl PendingIo {
     }
 }
 
+/// Whether the container whose agent bundle is `bundle` runs with
+/// no_new_privileges, which its exec'd processes inherit.
+fn container_no_new_privileges(bundle: &Path) -> Result<bool> {
+    let config = bundle.join("config.json");
+    let spec = Spec::load(&config)
+        .map_err(|e| AgentError::Engine(format!("reading {}: {e}", config.display())))?;
+    Ok(spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.no_new_privileges())
+        .unwrap_or(false))
+}
+
 /// Adapts a host spec to the guest: the rootfs is where the agent was told,
 /// and the cgroup is the agent's own.
 /// `noNewPrivileges: false` means the same as leaving it out (the spec's
 /// default), and is passed on as left out: libcontainer tells the two apart
-/// by presence alone and, for an explicit `false`, loads the seccomp
-/// filter after dropping capabilities, where loading it without
-/// no_new_privs needs the CAP_SYS_ADMIN just dropped, so every such
-/// container failed to start. Left out, the filter is loaded while still
-/// privileged, as runc does.
+/// by presence alone (an exec'd process inherits the container's value
+/// only when its own is absent).
 fn normalize_no_new_privileges(process: &mut OciProcess) {
     if process.no_new_privileges() == Some(false) {
         process.set_no_new_privileges(None);

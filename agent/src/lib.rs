@@ -12,6 +12,7 @@ pub mod engine;
 pub mod error;
 pub mod guest;
 pub mod init;
+pub mod late_seccomp;
 pub mod listen;
 pub mod network;
 pub mod process;

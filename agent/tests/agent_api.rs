@@ -729,13 +729,14 @@ async fn a_pod_member_joins_its_sandbox_containers_namespaces() {
 
 /// A seccomp profile that forbids syscalls the engine itself makes
 /// before exec'ing the program (`getcwd`, `chdir`, `fchdir`, `prctl`)
-/// still starts a container with `noNewPrivileges`: the filter is loaded
-/// right before exec, as crun does (config-linux.md "Seccomp"), and the
-/// workload meets it. And a profile with `noNewPrivileges: false` spelled
-/// out loads like one where it is left out (it used to fail every start:
-/// the engine loaded it unprivileged).
+/// still starts the container, with or without `noNewPrivileges` (left
+/// out, or `false` spelled out), as root or not, and for an exec'd
+/// process too: the filter is loaded right before exec, as crun does
+/// (config-linux.md "Seccomp"), and the workload meets it. Without
+/// no_new_privs the load needs CAP_SYS_ADMIN, which the agent keeps only
+/// until then: the workload never has it.
 #[tokio::test]
-async fn seccomp_loads_late_with_no_new_privileges_and_an_explicit_false_loads_too() {
+async fn seccomp_loads_right_before_exec_with_or_without_no_new_privileges() {
     let agent = Agent::start();
     let client = agent.client().await;
     let profile = |names: &[&str]| {
@@ -750,29 +751,28 @@ async fn seccomp_loads_late_with_no_new_privileges_and_an_explicit_false_loads_t
             .build()
             .expect("seccomp")
     };
+    let blocked = ["getcwd", "chdir", "fchdir", "prctl"];
+    // The shell's own capabilities, then a blocked chdir.
+    let script = "while read l; do case $l in CapEff*|CapPrm*) echo $l;; esac; done </proc/self/status; cd /tmp 2>&1; echo started";
     let cases = [
-        (
-            "late",
-            Some(true),
-            profile(&["getcwd", "chdir", "fchdir", "prctl"]),
-            "cd /tmp 2>&1; echo started",
-        ),
-        (
-            "explicitfalse",
-            Some(false),
-            profile(&["mkdir", "mkdirat"]),
-            "mkdir /tmp/x 2>&1; echo started",
-        ),
+        ("nnp", Some(true), 0),
+        ("leftout", None, 0),
+        ("explicitfalse", Some(false), 0),
+        ("nonroot", None, 1000),
     ];
-    for (name, no_new_privileges, seccomp, script) in cases {
+    for (name, no_new_privileges, uid) in cases {
         let id = unique_id(name);
         let mut s = spec(&["sh", "-c", script]);
         s.linux_mut()
             .as_mut()
             .expect("linux")
-            .set_seccomp(Some(seccomp));
+            .set_seccomp(Some(profile(&blocked)));
         let mut process = s.process().clone().expect("process");
         process.set_no_new_privileges(no_new_privileges);
+        let mut user = process.user().clone();
+        user.set_uid(uid);
+        user.set_gid(uid);
+        process.set_user(user);
         s.set_process(Some(process));
         let (out, err, status) = run(&client, &id, &s).await;
         assert_eq!(status, 0, "{name}: {out}{err}");
@@ -780,6 +780,48 @@ async fn seccomp_loads_late_with_no_new_privileges_and_an_explicit_false_loads_t
         assert!(
             out.contains("not permitted"),
             "{name}: the filter did not hold: {out}"
+        );
+        assert_no_sys_admin(name, &out);
+    }
+
+    // An exec'd process of a container without no_new_privs.
+    let id = unique_id("execlate");
+    let mut s = spec(&["sleep", "1000"]);
+    s.linux_mut()
+        .as_mut()
+        .expect("linux")
+        .set_seccomp(Some(profile(&blocked)));
+    create(&client, &id, &s).await.expect("create");
+    start(&client, &id).await;
+    let mut process = exec_process(&["sh", "-c", script], false);
+    process.set_capabilities(s.process().as_ref().and_then(|p| p.capabilities().clone()));
+    let (out, status) = exec_output(&client, &id, "late", &process).await;
+    assert_eq!(status, 0, "exec: {out}");
+    assert!(
+        out.contains("not permitted") && out.ends_with("started\n"),
+        "exec: {out}"
+    );
+    assert_no_sys_admin("exec", &out);
+    remove(&client, &id).await;
+}
+
+/// Fails unless every `CapEff:`/`CapPrm:` line of `out` lacks CAP_SYS_ADMIN.
+fn assert_no_sys_admin(name: &str, out: &str) {
+    const CAP_SYS_ADMIN: u32 = 21;
+    let sets: Vec<u64> = out
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("CapEff:")
+                .or_else(|| l.strip_prefix("CapPrm:"))
+        })
+        .map(|hex| u64::from_str_radix(hex.trim(), 16).expect("capability mask"))
+        .collect();
+    assert_eq!(sets.len(), 2, "{name}: {out}");
+    for set in sets {
+        assert_eq!(
+            set & (1 << CAP_SYS_ADMIN),
+            0,
+            "{name}: CAP_SYS_ADMIN kept: {out}"
         );
     }
 }

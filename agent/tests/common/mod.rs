@@ -287,3 +287,33 @@ pub fn code(err: &husk_protocol::ttrpc::Error) -> husk_protocol::ttrpc::Code {
         other => panic!("expected an RPC status, got {other:?}"),
     }
 }
+
+/// Execs `process` as `exec_id` in a running container and waits for it;
+/// returns (stdout and stderr, status).
+pub async fn exec_output(
+    client: &AgentServiceClient,
+    id: &str,
+    exec_id: &str,
+    process: &oci_spec::runtime::Process,
+) -> (String, i32) {
+    client
+        .exec_process(
+            ctx(),
+            &ExecProcessRequest {
+                container_id: id.into(),
+                exec_id: exec_id.into(),
+                process_json: serde_json::to_string(process).expect("json"),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("exec");
+    let (out, err) = tokio::join!(
+        read_all(client, id, exec_id, false),
+        read_all(client, id, exec_id, true)
+    );
+    let status = wait(client, id, exec_id).await;
+    let mut text = String::from_utf8_lossy(&out).into_owned();
+    text.push_str(&String::from_utf8_lossy(&err));
+    (text, status)
+}
