@@ -132,13 +132,7 @@ impl Created {
         let config = g.load_config()?;
         check_guest_files(&config)?;
         let bundle = Bundle::load(&args.bundle)?;
-        if let Some(h) = bundle.spec.hooks() {
-            if h.create_container().as_ref().is_some_and(|v| !v.is_empty())
-                || h.start_container().as_ref().is_some_and(|v| !v.is_empty())
-            {
-                bail!("createContainer and startContainer hooks would run inside the VM, where their programs are not: not supported");
-            }
-        }
+        crate::oci::hooks::refuse_create_container(&bundle.spec)?;
         let netns = NetworkNamespace::from_spec(&bundle.spec)?;
         crate::oci::namespaces::check_paths(&bundle.spec)?;
         // Checked here too (the sandbox process sizes the VM) so that a

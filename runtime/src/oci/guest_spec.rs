@@ -12,7 +12,7 @@
 
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{LinuxNamespaceType, Mount, Spec};
+use oci_spec::runtime::{Hooks, LinuxNamespaceType, Mount, Spec};
 
 /// Where the agent mounts the sandbox share in the guest.
 pub const GUEST_SHARE: &str = "/run/husk/shared";
@@ -105,7 +105,16 @@ pub fn translate(spec: &Spec, id: &str, rootfs: &Path) -> Result<GuestSpec, Erro
         spec.set_mounts(Some(out));
     }
 
-    spec.set_hooks(None);
+    // Only startContainer hooks run in the guest (see `oci::hooks`).
+    let start_container = spec
+        .hooks()
+        .as_ref()
+        .and_then(|h| h.start_container().clone());
+    spec.set_hooks(start_container.map(|hooks| {
+        let mut guest_hooks = Hooks::default();
+        guest_hooks.set_start_container(Some(hooks));
+        guest_hooks
+    }));
     if let Some(mut linux) = spec.linux().clone() {
         if let Some(namespaces) = linux.namespaces().clone() {
             let namespaces = namespaces
@@ -179,6 +188,10 @@ mod tests {
                     .path("/bin/true")
                     .build()
                     .unwrap()])
+                .start_container(vec![HookBuilder::default()
+                    .path("/bin/in-the-rootfs")
+                    .build()
+                    .unwrap()])
                 .build()
                 .unwrap(),
         ));
@@ -219,7 +232,11 @@ mod tests {
         );
         // proc and friends are untouched.
         assert_eq!(out[0], spec.mounts().as_ref().unwrap()[0]);
-        assert!(g.spec.hooks().is_none());
+        // Host hooks stay on the host; startContainer hooks go to the guest.
+        let hooks = g.spec.hooks().as_ref().unwrap();
+        assert!(hooks.prestart().is_none());
+        let start = hooks.start_container().as_ref().unwrap();
+        assert_eq!(start[0].path(), Path::new("/bin/in-the-rootfs"));
         // The container stays in the VM's network namespace; other
         // namespaces are new ones in the guest.
         let namespaces = g

@@ -3,9 +3,13 @@
 //! prestart and createRuntime run during `create`, before the VM boots, so
 //! that what they set up (the sandbox's network namespace, for one) is in
 //! place when it starts; poststart after `start`; poststop in `delete`.
-//! createContainer and startContainer hooks would have to run inside the
-//! container's namespaces, which are in the guest: husk refuses specs that
-//! have them rather than run them in the wrong place.
+//! startContainer hooks are the guest's: their path resolves in the
+//! container's namespaces (runtime spec, config.md "startContainer"),
+//! which are inside the VM, so they go to the agent with the container's
+//! spec and run there, right before the workload's exec. createContainer
+//! hooks resolve their path on the host but must run in the container's
+//! namespaces: no process can be in both across a VM boundary, so husk
+//! refuses specs that have them rather than run them in the wrong place.
 
 use std::io::Write;
 use std::os::unix::process::CommandExt;
@@ -51,6 +55,21 @@ pub enum Error {
         /// The timeout.
         secs: i64,
     },
+}
+
+/// Refuses a spec with createContainer hooks, naming them.
+pub fn refuse_create_container(spec: &oci_spec::runtime::Spec) -> anyhow::Result<()> {
+    let has_them = spec
+        .hooks()
+        .as_ref()
+        .and_then(|h| h.create_container().as_ref())
+        .is_some_and(|v| !v.is_empty());
+    if has_them {
+        anyhow::bail!(
+            "hooks.createContainer: their programs resolve on the host but must run in the container's namespaces, inside the VM: not supported"
+        );
+    }
+    Ok(())
 }
 
 /// Runs `hooks` of list `kind` in order with `state` on stdin; stops at the
