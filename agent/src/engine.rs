@@ -133,7 +133,8 @@ impl Engine {
             .as_init(bundle)
             .with_systemd(false)
             .with_detach(true)
-            .with_no_pivot(crate::init::is_init())
+            // pivot_root needs a root that is not the initramfs.
+            .with_no_pivot(crate::init::is_init() && !crate::switch_root::left())
             .build()?;
         let pid = container
             .pid()

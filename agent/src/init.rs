@@ -78,9 +78,13 @@ const BASE_MOUNTS: &[BaseMount] = &[
     },
 ];
 
-/// Mounts /proc, /sys, /dev, /dev/pts, /dev/shm, /run and cgroup2, and
-/// enables every cgroup controller for the containers' subtree.
+/// Moves the root off the initramfs (see [`crate::switch_root`]), mounts
+/// /proc, /sys, /dev, /dev/pts, /dev/shm, /run and cgroup2, and enables
+/// every cgroup controller for the containers' subtree.
 pub fn setup_base_system() -> Result<()> {
+    if crate::switch_root::on_initramfs() {
+        crate::switch_root::leave_initramfs()?;
+    }
     for m in BASE_MOUNTS {
         std::fs::create_dir_all(m.target)
             .map_err(|e| AgentError::io(format!("creating {}", m.target), e))?;

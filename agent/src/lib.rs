@@ -22,4 +22,5 @@ pub mod sandbox;
 pub mod service;
 pub mod stdio;
 pub mod storage;
+pub mod switch_root;
 pub mod validate;
