@@ -607,6 +607,11 @@ fn bad_input_is_one_clear_line_and_leaves_nothing() {
     )
     .unwrap();
     let failing_hook = w.bundle("hook", &["true"], |_| {});
+    let create_container_hook = w.bundle("cchook", &["true"], |_| {});
+    set_hooks(
+        &create_container_hook,
+        serde_json::json!({"createContainer": [{"path": "/bin/true"}]}),
+    );
     set_hooks(
         &failing_hook,
         serde_json::json!({"prestart": [{"path": "/bin/sh", "args": ["sh", "-c", "echo no network >&2; exit 1"]}]}),
@@ -725,6 +730,15 @@ fn bad_input_is_one_clear_line_and_leaves_nothing() {
         (
             vec!["create", "--bundle", leaf_weight.to_str().unwrap(), "r1"],
             "leaf_weight",
+        ),
+        (
+            vec![
+                "create",
+                "--bundle",
+                create_container_hook.to_str().unwrap(),
+                "h1",
+            ],
+            "hooks.createContainer",
         ),
         (
             vec!["create", "--bundle", realtime.to_str().unwrap(), "r2"],
@@ -1077,6 +1091,115 @@ fn state_kill_and_delete_follow_the_containers_status() {
     w.assert_clean();
 }
 
+/// Two escapes, as a static program. The classic chroot escape: chroot
+/// into a subdirectory while the working directory stays outside it,
+/// climb `..` past the old root, chroot there. And, with CAP_SYS_ADMIN,
+/// detach the container's root mount and re-enter the mount namespace,
+/// which puts the caller at the namespace's root, whatever lies beneath
+/// the container's. After each it looks for the agent's share of every
+/// container's files.
+const CHROOT_ESCAPE_C: &str = r#"
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <sched.h>
+#include <stdio.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <unistd.h>
+static const char *agent_files(void) {
+    struct stat st;
+    return stat("/run/husk/shared", &st) == 0 ? "escaped" : "contained";
+}
+int main(void) {
+    int ns = open("/proc/self/ns/mnt", O_RDONLY);
+    if (ns < 0) { perror("open /proc/self/ns/mnt"); return 2; }
+    mkdir("/escape", 0755);
+    if (chroot("/escape") != 0) { perror("chroot /escape"); return 2; }
+    for (int i = 0; i < 64; i++) chdir("..");
+    if (chroot(".") != 0) { perror("chroot ."); return 2; }
+    printf("chroot: %s\n", agent_files());
+    umount2("/", MNT_DETACH);
+    if (setns(ns, CLONE_NEWNS) != 0) { perror("setns"); return 2; }
+    printf("setns: %s\n", agent_files());
+    return 0;
+}
+"#;
+
+/// A container is set up with pivot_root, not chroot: the agent leaves the
+/// initramfs for a tmpfs root at boot, so that the container's mount
+/// namespace holds only its own mounts (its root mount has nothing
+/// beneath it to uncover), and a workload with CAP_SYS_CHROOT that breaks
+/// out of a chroot lands in its own root, not in the agent's tree (where
+/// every container's files are).
+#[test]
+fn a_chroot_escape_from_a_container_stays_in_its_root() {
+    let w = World::new();
+    let bundle = w.bundle("chroot", &["/escape-chroot"], |spec| {
+        let mut process = spec.process().clone().unwrap();
+        let mut caps = process.capabilities().clone().unwrap();
+        for set in [
+            caps.bounding().clone(),
+            caps.effective().clone(),
+            caps.permitted().clone(),
+        ] {
+            assert!(set.is_some());
+        }
+        let with_chroot = |set: &Option<oci_spec::runtime::Capabilities>| {
+            let mut set = set.clone().unwrap_or_default();
+            set.insert(oci_spec::runtime::Capability::SysChroot);
+            set.insert(oci_spec::runtime::Capability::SysAdmin);
+            Some(set)
+        };
+        caps.set_bounding(with_chroot(caps.bounding()));
+        caps.set_effective(with_chroot(caps.effective()));
+        caps.set_permitted(with_chroot(caps.permitted()));
+        process.set_capabilities(Some(caps));
+        spec.set_process(Some(process));
+    });
+    let source = w.tmp.path().join("escape.c");
+    std::fs::write(&source, CHROOT_ESCAPE_C).unwrap();
+    let built = Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(bundle.join("rootfs/escape-chroot"))
+        .arg(&source)
+        .status()
+        .expect("gcc (build-essential, installed by scripts/install-deps.sh)");
+    assert!(built.success(), "gcc -static failed");
+    let out = w.run_ok(&bundle, "chroot1");
+    assert_eq!(out, "chroot: contained\nsetns: contained\n");
+    w.assert_clean();
+}
+
+/// config.md "startContainer": the hooks' path resolves in the container
+/// and they run in its namespaces (here: inside the VM, in the container's
+/// mount and UTS namespaces) after `start`, before the workload execs,
+/// with the container's state on stdin.
+#[test]
+fn start_container_hooks_run_in_the_container_before_the_workload() {
+    let w = World::new();
+    let bundle = w.bundle(
+        "sc",
+        &[
+            "sh",
+            "-c",
+            "cat /tmp/hook; grep -o sc1 /tmp/state.json | head -1",
+        ],
+        |spec| {
+            spec.set_hostname(Some("hooked".into()));
+        },
+    );
+    set_hooks(
+        &bundle,
+        serde_json::json!({"startContainer": [{
+            "path": "/bin/sh",
+            "args": ["sh", "-c", "cat > /tmp/state.json; echo \"ran in $(hostname)\" > /tmp/hook"],
+        }]}),
+    );
+    let out = w.run_ok(&bundle, "sc1");
+    assert_eq!(out, "ran in hooked\nsc1\n");
+    w.assert_clean();
+}
+
 /// runtime.md "Lifecycle": a failing poststart or poststop hook is a
 /// warning, and the hooks after it and the lifecycle go on (start
 /// succeeds, delete cleans up); each hook's state names its phase's
@@ -1312,8 +1435,9 @@ fn bind_mounts_keep_their_names_and_mount_options_hold_in_the_guest() {
 /// is applied in the guest, as runc applies it on a host (config-linux.md
 /// "Block IO", "Huge page limits"): the weight lands in `io.bfq.weight`
 /// (the guest kernel has BFQ with group scheduling), the 2 MiB and 1 GiB
-/// page limits in `hugetlb.*.max` (the VM's CPU offers 1 GiB pages); and
-/// the guest has the rdma and misc controllers.
+/// page limits in `hugetlb.*.max` (the VM's CPU offers 1 GiB pages), the
+/// container's cgroup has `io.max` for throttling; and the guest has the
+/// rdma and misc controllers.
 #[test]
 fn block_io_weight_and_hugepage_limits_hold_in_the_guest() {
     let w = World::new();
@@ -1324,6 +1448,7 @@ fn block_io_weight_and_hugepage_limits_hold_in_the_guest() {
             "-c",
             "cat /sys/fs/cgroup/io.bfq.weight /sys/fs/cgroup/hugetlb.2MB.max \
              /sys/fs/cgroup/hugetlb.1GB.max; grep -o pdpe1gb /proc/cpuinfo | head -1; \
+             test -e /sys/fs/cgroup/io.max && echo io.max; \
              cat /sys/fs/cgroup/cgroup.controllers",
         ],
         |spec| {
@@ -1345,6 +1470,8 @@ fn block_io_weight_and_hugepage_limits_hold_in_the_guest() {
     assert!(lines.contains(&"4194304"), "{stdout}");
     assert!(lines.contains(&"1073741824"), "{stdout}");
     assert!(lines.contains(&"pdpe1gb"), "{stdout}");
+    // io throttling (`blockIO.throttle*Device`) is there to write to.
+    assert!(lines.contains(&"io.max"), "{stdout}");
     w.assert_clean();
 
     // The guest's root offers rdma and misc (the container's own cgroup
