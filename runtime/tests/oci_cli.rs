@@ -47,6 +47,11 @@ struct World {
 
 impl World {
     fn new() -> Self {
+        Self::with_kernel_params("")
+    }
+
+    /// A world whose guests boot with `kernel_params` added.
+    fn with_kernel_params(kernel_params: &str) -> Self {
         become_subreaper();
         let a = artifacts();
         // A short path: sandbox sockets live under it.
@@ -59,7 +64,7 @@ impl World {
         std::fs::write(
             &config,
             format!(
-                "hypervisor = \"qemu\"\nsandbox_root = \"{}\"\n[guest]\nkernel = \"{}\"\nimage = \"{}\"\nboot_timeout_secs = 120\n",
+                "hypervisor = \"qemu\"\nsandbox_root = \"{}\"\n[guest]\nkernel = \"{}\"\nimage = \"{}\"\nboot_timeout_secs = 120\nkernel_params = \"{kernel_params}\"\n",
                 sandboxes.display(),
                 a.kernel.display(),
                 a.initrd.display()
@@ -148,6 +153,52 @@ impl World {
         stdout
     }
 
+    /// Starts husk with `args` and SIGKILLs it after `delay` (if it has
+    /// not ended by then); returns whether it was still running.
+    fn kill_after(&self, args: &[&str], delay: Duration) -> bool {
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        let running = child.try_wait().unwrap().is_none();
+        let _ = child.kill();
+        let _ = child.wait();
+        running
+    }
+
+    /// `delete --force` after a crash: it succeeds (or finds nothing was
+    /// ever recorded), `list` no longer names the container, and no
+    /// process of this world (they all carry its configuration's path on
+    /// their command line) is left.
+    fn force_clean(&self, id: &str) {
+        let out = self.husk(&["delete", "--force", id]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() || stderr.contains("does not exist"),
+            "delete --force {id}: {stderr}"
+        );
+        let list = self.ok(&["list"]);
+        assert!(!list.contains(id), "{id} still listed: {list}");
+        let config = self.config.to_str().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = processes_naming(config);
+            if left.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "after delete --force {id}, processes left: {left:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.assert_clean();
+    }
+
     /// The sandbox directory and process `create` recorded for `id`.
     fn record(&self, id: &str) -> serde_json::Value {
         let text = std::fs::read_to_string(self.root.join(id).join("state.json")).unwrap();
@@ -185,6 +236,26 @@ impl Drop for World {
             let _ = self.husk(&["delete", "--force", &id]);
         }
     }
+}
+
+/// Live (not zombie) processes whose command line contains `needle`.
+fn processes_naming(needle: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+        })
+        .filter_map(|e| {
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            cmdline
+                .contains(needle)
+                .then(|| format!("{}: {cmdline}", e.file_name().to_string_lossy()))
+        })
+        .collect()
 }
 
 /// Waits for our (adopted) child `pid`; its exit status the shell way.
@@ -854,6 +925,10 @@ fn delete_cleans_up_after_a_killed_sandbox_process() {
         .filter(|c| c.contains(&sandbox_dir))
         .collect();
     assert!(left.is_empty(), "processes left on the sandbox: {left:?}");
+    assert!(
+        warned(&w.log, &format!("sandbox process (pid {daemon}) was gone")),
+        "delete --force did not say the sandbox process was gone"
+    );
     w.assert_clean();
 }
 
@@ -887,6 +962,135 @@ fn a_killed_vm_ends_the_container_and_delete_cleans_up() {
     let state: serde_json::Value = serde_json::from_str(&w.ok(&["state", "vmk1"])).unwrap();
     assert_eq!(state["status"], "stopped", "{state}");
     w.ok(&["delete", "vmk1"]);
+    w.assert_clean();
+}
+
+/// Hardening (crash at every stage): the CLI SIGKILLed during `create`
+/// (at several points of the VM's boot), `start`, `exec` and `delete`; the
+/// init proxy SIGKILLed; the sandbox process SIGKILLed while `create`
+/// waits for it. After each, `delete --force` cleans up completely: no
+/// process, VM, mount, sandbox directory or state is left, `list` no
+/// longer names the container, and a warning says what the crash left.
+#[test]
+fn a_cli_or_host_process_killed_at_any_stage_is_cleaned_up_by_delete_force() {
+    let w = World::new();
+    let bundle = w.bundle("c", &["sh", "-c", "while :; do sleep 1; done"], |_| {});
+    let b = bundle.to_str().unwrap();
+    let ms = Duration::from_millis;
+
+    for (i, delay) in [ms(50), ms(400), ms(1200), ms(3000)]
+        .into_iter()
+        .enumerate()
+    {
+        let id = format!("create{i}");
+        w.kill_after(&["create", "--bundle", b, &id], delay);
+        w.force_clean(&id);
+    }
+
+    w.ok(&["create", "--bundle", b, "start"]);
+    w.kill_after(&["start", "start"], ms(20));
+    w.force_clean("start");
+
+    w.run_detached(&bundle, "exec");
+    assert!(
+        w.kill_after(&["exec", "exec", "sleep", "100"], ms(1500)),
+        "exec ended early"
+    );
+    w.force_clean("exec");
+
+    w.run_detached(&bundle, "delete");
+    w.kill_after(&["delete", "--force", "delete"], ms(100));
+    w.force_clean("delete");
+
+    let proxy = w.run_detached(&bundle, "proxy");
+    // SAFETY: kill(2) of the init proxy this test started.
+    assert_eq!(unsafe { libc::kill(proxy, libc::SIGKILL) }, 0);
+    assert_eq!(
+        wait_pid(proxy, Duration::from_secs(10)),
+        128 + libc::SIGKILL
+    );
+    w.force_clean("proxy");
+
+    // The sandbox process killed while `create` waits for its VM: create
+    // fails (it does not hang) and delete --force finds the rest.
+    let mut create = w
+        .command(&["create", "--bundle", b, "sandbox"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let daemon = loop {
+        let recorded = std::fs::read_to_string(w.root.join("sandbox").join("state.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|r| r["sandbox"]["pid"].as_i64());
+        if let Some(pid) = recorded {
+            break pid as i32;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "create recorded no sandbox process"
+        );
+        std::thread::sleep(ms(10));
+    };
+    // SAFETY: kill(2) of the sandbox process this test's create started.
+    assert_eq!(unsafe { libc::kill(daemon, libc::SIGKILL) }, 0);
+    let status = loop {
+        if let Some(status) = create.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline + Duration::from_secs(60),
+            "create hung"
+        );
+        std::thread::sleep(ms(50));
+    };
+    assert!(!status.success(), "create succeeded without its sandbox");
+    w.force_clean("sandbox");
+
+    // delete --force said what the crashes had left.
+    for needle in ["cleaned up after a crash", "create never finished"] {
+        assert!(warned(&w.log, needle), "no warning saying {needle:?}");
+    }
+}
+
+/// Whether `log` (husk's `--log-format json` log) has a warning whose
+/// message contains `needle`.
+fn warned(log: &Path, needle: &str) -> bool {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .any(|e| e["level"] == "warning" && e["msg"].as_str().unwrap_or("").contains(needle))
+}
+
+/// Hardening: the guest kernel panicking under a running container (here
+/// a memory cgroup OOM with `vm.panic_on_oom=2` on the guest's command
+/// line) ends the VM (`panic=-1`), and the container does not hang: its
+/// init proxy exits 255, `state` says stopped, `delete` leaves nothing.
+/// The agent dying is the same event for the host: it is the guest's
+/// PID 1, whose death panics the kernel.
+#[test]
+fn a_guest_kernel_panic_ends_the_container_with_a_status() {
+    let w = World::with_kernel_params("sysctl.vm.panic_on_oom=2");
+    let bundle = w.bundle(
+        "p",
+        &["sh", "-c", "x=0123456789abcdef; while :; do x=$x$x; done"],
+        |spec| {
+            let mut linux = spec.linux().clone().unwrap();
+            linux.set_resources(Some(
+                serde_json::from_value(serde_json::json!({"memory": {"limit": 33554432}})).unwrap(),
+            ));
+            spec.set_linux(Some(linux));
+        },
+    );
+    let pid = w.run_detached(&bundle, "panic1");
+    assert_eq!(wait_pid(pid, Duration::from_secs(120)), 255);
+    let state: serde_json::Value = serde_json::from_str(&w.ok(&["state", "panic1"])).unwrap();
+    assert_eq!(state["status"], "stopped", "{state}");
+    w.ok(&["delete", "panic1"]);
     w.assert_clean();
 }
 

@@ -314,7 +314,7 @@ impl Drop for Created {
             let _ = daemon.kill();
             let _ = daemon.wait();
         }
-        remove_sandbox_dir(&self.record.sandbox_dir);
+        let _ = remove_sandbox_dir(&self.record.sandbox_dir);
         if let Some(cgroup) = HostCgroup::for_container(&self.record.id) {
             cgroup.remove();
         }
@@ -323,8 +323,8 @@ impl Drop for Created {
 }
 
 /// Removes a sandbox directory a sandbox process left (it was killed).
-pub fn remove_sandbox_dir(dir: &Path) {
-    crate::service::remove_leftover(dir);
+pub fn remove_sandbox_dir(dir: &Path) -> Vec<i32> {
+    crate::service::remove_leftover(dir)
 }
 
 /// The proxy's command line (after the global flags).

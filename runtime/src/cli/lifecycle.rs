@@ -173,13 +173,21 @@ pub fn delete_container(g: &Global, id: &str, force: bool) -> anyhow::Result<()>
     let record = match store.load(id) {
         Ok(record) => record,
         // `create` died before recording anything: only its directory is left.
-        Err(crate::store::Error::Io { .. }) if force => return Ok(store.remove(id)?),
+        Err(crate::store::Error::Io { .. }) if force => {
+            store.remove(id)?;
+            tracing::warn!(
+                container = id,
+                "delete --force: create had died before recording anything; removed its state"
+            );
+            return Ok(());
+        }
         Err(e) => return Err(e.into()),
     };
     let status = record.current_status();
     if matches!(status, Status::Running | Status::Paused) && !force {
         bail!("cannot delete container {id}: it is {status} (stop it first, or use --force)");
     }
+    let mut crash = crash_signs(&record);
     if status != Status::Stopped {
         if let Some(init) = record.init {
             // The proxy ends when the guest process does; SIGKILL cannot
@@ -203,7 +211,21 @@ pub fn delete_container(g: &Global, id: &str, force: bool) -> anyhow::Result<()>
             sandbox.wait_gone(Duration::from_secs(5));
         }
     }
-    remove_sandbox_dir(&record.sandbox_dir);
+    let killed = remove_sandbox_dir(&record.sandbox_dir);
+    if !killed.is_empty() {
+        crash.push(format!(
+            "killed processes left on its sandbox (pids {killed:?})"
+        ));
+    }
+    if !crash.is_empty() {
+        // What a crash left, and that it is gone: runc's delete is silent,
+        // but a caller cleaning up after a crash needs to know what it was.
+        tracing::warn!(
+            container = id,
+            "delete: cleaned up after a crash: {}",
+            crash.join("; ")
+        );
+    }
     if let Some(cgroup) = HostCgroup::for_container(id) {
         cgroup.remove();
     }
@@ -216,6 +238,26 @@ pub fn delete_container(g: &Global, id: &str, force: bool) -> anyhow::Result<()>
     );
     store.remove(id)?;
     Ok(())
+}
+
+/// What in `record` shows that one of the container's host processes, or
+/// its `create`, died before its time.
+fn crash_signs(record: &Record) -> Vec<String> {
+    let mut signs = Vec::new();
+    if record.status == Status::Creating {
+        signs.push("its create never finished".to_owned());
+    }
+    match &record.sandbox {
+        Some(sandbox) if !sandbox.is_alive() => {
+            signs.push(format!(
+                "its sandbox process (pid {}) was gone",
+                sandbox.pid
+            ));
+        }
+        None => signs.push("no sandbox process was recorded".to_owned()),
+        Some(_) => {}
+    }
+    signs
 }
 
 /// A signal by number, name or SIG-name (case-insensitive).

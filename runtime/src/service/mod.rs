@@ -436,28 +436,31 @@ async fn wire_network(network: Network) -> Result<HostNetwork, Error> {
 
 /// Removes a sandbox directory whose owner (a CLI sandbox process or a
 /// shim) was killed: kills what still runs on it (its QEMU), then unmounts
-/// its binds, and never removes through a mount still in place.
-pub fn remove_leftover(dir: &Path) {
+/// its binds, and never removes through a mount still in place. Returns
+/// the pids of the processes it killed.
+pub fn remove_leftover(dir: &Path) -> Vec<i32> {
     if !dir.exists() {
-        return;
+        return Vec::new();
     }
-    kill_processes_using(dir);
+    let killed = kill_processes_using(dir);
     share::unmount_all_under(dir);
     if share::has_mounts_under(dir) {
         tracing::error!(dir = %dir.display(), "mounts remain; not removing");
-        return;
+        return killed;
     }
     let _ = std::fs::remove_dir_all(dir);
+    killed
 }
 
 /// Kills what a killed owner left running on this sandbox (its QEMU names
-/// the sandbox directory on its command line).
-fn kill_processes_using(dir: &Path) {
+/// the sandbox directory on its command line); returns their pids.
+fn kill_processes_using(dir: &Path) -> Vec<i32> {
+    let mut killed = Vec::new();
     let Some(needle) = dir.to_str().map(|d| format!("{d}/")) else {
-        return;
+        return killed;
     };
     let Ok(entries) = std::fs::read_dir("/proc") else {
-        return;
+        return killed;
     };
     for entry in entries.flatten() {
         let Some(pid) = entry
@@ -471,10 +474,13 @@ fn kill_processes_using(dir: &Path) {
         if String::from_utf8_lossy(&cmdline).contains(&needle) {
             if let Some(process) = HostProcess::of(pid) {
                 tracing::warn!(pid, dir = %dir.display(), "killing a process left on the sandbox");
-                process.signal(libc::SIGKILL);
+                if process.signal(libc::SIGKILL) {
+                    killed.push(pid);
+                }
             }
         }
     }
+    killed
 }
 
 /// Where the guest's connections to the DNS relay's vsock port arrive:

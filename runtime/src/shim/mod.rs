@@ -167,7 +167,7 @@ impl Shim for HuskShim {
             let grouping = pod::grouping(spec, &self.id);
             if grouping == self.id {
                 if let Some(dir) = sandbox_dir(&config, &self.namespace, &grouping) {
-                    crate::service::remove_leftover(dir.path());
+                    let _ = crate::service::remove_leftover(dir.path());
                 }
             }
         }
