@@ -967,8 +967,8 @@ fn a_killed_vm_ends_the_container_and_delete_cleans_up() {
 
 /// Hardening (crash at every stage): the CLI SIGKILLed during `create`
 /// (at several points of the VM's boot), `start`, `exec` and `delete`; the
-/// init proxy SIGKILLed; the sandbox process SIGKILLed while `create`
-/// waits for it. After each, `delete --force` cleans up completely: no
+/// init proxy SIGKILLed; the sandbox process, and QEMU, SIGKILLed while
+/// `create` waits for the guest. After each, `delete --force` cleans up completely: no
 /// process, VM, mount, sandbox directory or state is left, `list` no
 /// longer names the container, and a warning says what the crash left.
 #[test]
@@ -1049,6 +1049,42 @@ fn a_cli_or_host_process_killed_at_any_stage_is_cleaned_up_by_delete_force() {
     };
     assert!(!status.success(), "create succeeded without its sandbox");
     w.force_clean("sandbox");
+
+    // QEMU killed while the guest boots: create fails, it does not hang.
+    let mut create = w
+        .command(&["create", "--bundle", b, "qemu"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let sandboxes = w.sandboxes.to_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let qemu = loop {
+        let found = processes_naming(&sandboxes)
+            .into_iter()
+            .find(|p| p.contains("qemu-system"));
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(Instant::now() < deadline, "no QEMU started");
+        std::thread::sleep(ms(10));
+    };
+    let qemu_pid: i32 = qemu.split(':').next().unwrap().parse().unwrap();
+    // SAFETY: kill(2) of the QEMU this test's create started.
+    assert_eq!(unsafe { libc::kill(qemu_pid, libc::SIGKILL) }, 0);
+    let status = loop {
+        if let Some(status) = create.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline + Duration::from_secs(60),
+            "create hung"
+        );
+        std::thread::sleep(ms(50));
+    };
+    assert!(!status.success(), "create succeeded without its VM");
+    w.force_clean("qemu");
 
     // delete --force said what the crashes had left.
     for needle in ["cleaned up after a crash", "create never finished"] {
