@@ -43,6 +43,8 @@ use vmm_sys_util::event::{
 };
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::seccomp::{self, ThreadKind};
+
 /// Errors starting a vhost-user server.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -136,7 +138,13 @@ pub struct ServeHandle {
     front: Option<Box<dyn Send>>,
     session: Arc<Mutex<Session>>,
     stop_event: Arc<EventFd>,
-    thread: Option<JoinHandle<()>>,
+    /// The session thread; it hands the listener back so the socket file is
+    /// removed here, not by the filtered thread.
+    thread: Option<JoinHandle<Listener>>,
+    /// A clone of the backend, dropped after the threads are joined: the
+    /// backend's own clean-up (removing its sockets) then runs here, never on
+    /// a filtered thread that may not unlink.
+    backend: Option<Box<dyn Send>>,
 }
 
 impl ServeHandle {
@@ -163,10 +171,16 @@ impl ServeHandle {
         }
         let _ = self.stop_event.write(1);
         if let Some(thread) = self.thread.take() {
-            if thread.join().is_err() {
-                tracing::error!(path = %self.path.display(), "vhost-user serving thread panicked");
+            match thread.join() {
+                // Dropping the listener removes the socket file.
+                Ok(listener) => drop(listener),
+                Err(_) => {
+                    tracing::error!(path = %self.path.display(), "vhost-user serving thread panicked");
+                    let _ = fs::remove_file(&self.path);
+                }
             }
         }
+        drop(self.backend.take());
     }
 }
 
@@ -198,6 +212,7 @@ where
     B::Vring: Clone + Send + Sync,
 {
     let watched = backend.watched_fds();
+    let kept: Box<dyn Send> = Box::new(backend.clone());
     let mem = GuestMemoryAtomic::new(GuestMemoryMmap::<B::Bitmap>::new());
     let daemon = VhostUserDaemon::new(name.to_owned(), backend, mem).map_err(Error::Daemon)?;
     // All watched fds go to the first worker thread, which owns the backend's
@@ -233,25 +248,46 @@ where
         session,
         stop_event,
         thread: Some(thread),
+        backend: Some(kept),
     })
 }
 
-/// Waits for the frontend (or a stop), serves it, then stops the workers.
+/// Waits for the frontend (or a stop), serves it, then stops the workers;
+/// returns the listener for the caller to drop (and remove the socket file).
 fn run_session<B>(
     mut daemon: VhostUserDaemon<B>,
     mut listener: Listener,
     stop_event: &EventFd,
     session: &Mutex<Session>,
     path: &Path,
-) where
+) -> Listener
+where
     B: VhostUserBackend + Clone + 'static,
     B::Bitmap: BitmapReplace + NewBitmap + Clone + Send + Sync,
     B::Vring: Clone + Send + Sync,
 {
-    if wait_readable(&listener, stop_event) {
+    // Opened before the filter, which allows no `openat`: where the accepted
+    // connection will be looked for.
+    let fd_dir = nix::dir::Dir::open(
+        "/proc/self/fd",
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    );
+    // The request handler thread `daemon.start` creates inherits this filter. The device's
+    // worker threads were created with the daemon; each installs its own filter on its first
+    // event (`seccomp::apply_once` in the backends' `handle_event`).
+    if let Err(e) = seccomp::apply(ThreadKind::VhostUser) {
+        tracing::error!(path = %path.display(), "vhost-user session not started: {e}");
+    } else if wait_readable(&listener, stop_event) {
         match daemon.start(&mut listener) {
             Ok(()) => {
-                let frontend = find_accepted_connection(path);
+                let frontend = match fd_dir {
+                    Ok(mut dir) => find_accepted_connection(&mut dir, path),
+                    Err(e) => {
+                        tracing::warn!("cannot list /proc/self/fd: {e}");
+                        None
+                    }
+                };
                 if frontend.is_none() {
                     tracing::warn!(path = %path.display(), "cannot find the vhost-user connection; stop waits for the frontend");
                 }
@@ -286,7 +322,7 @@ fn run_session<B>(
     }
     // Dropping the daemon drops the last handler reference, which joins the workers.
     drop(daemon);
-    drop(listener);
+    listener
 }
 
 /// Blocks until the listener has a connection (true) or a stop was asked (false).
@@ -330,22 +366,18 @@ fn wait_readable(listener: &Listener, stop_event: &EventFd) -> bool {
 /// stop a session while the frontend is still connected. The accepted socket
 /// is the only non-listening socket in this process whose local address is
 /// `path` (frontends in the same process have unnamed local addresses).
-fn find_accepted_connection(path: &Path) -> Option<OwnedFd> {
-    let entries = fs::read_dir("/proc/self/fd").ok()?;
-    for entry in entries.flatten() {
+/// `fd_dir` is `/proc/self/fd`, opened by the caller; fds that are no
+/// sockets fail the socket checks.
+fn find_accepted_connection(fd_dir: &mut nix::dir::Dir, path: &Path) -> Option<OwnedFd> {
+    for entry in fd_dir.iter().flatten() {
         let Some(fd) = entry
             .file_name()
             .to_str()
+            .ok()
             .and_then(|s| s.parse::<RawFd>().ok())
         else {
             continue;
         };
-        let is_socket = fs::read_link(entry.path())
-            .map(|t| t.to_string_lossy().starts_with("socket:"))
-            .unwrap_or(false);
-        if !is_socket {
-            continue;
-        }
         // SAFETY: the fd was open a moment ago; if it was closed since, the
         // duplicate fails and we skip it; if it was reused, the checks below
         // look at the duplicate, not at the number.
