@@ -212,5 +212,21 @@ pub fn apply_once(kind: ThreadKind) -> Result<(), Error> {
     }
 }
 
+/// Runs `f` on a thread under the vCPU filter, as the builtin VMM runs a
+/// device's activation and reset (on the vCPU that wrote the status
+/// register). A call outside the list kills the test process.
+#[cfg(test)]
+pub(crate) fn on_vcpu_thread<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    spawner::init().expect("spawner");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            apply(ThreadKind::Vcpu).expect("vCPU filter");
+            f()
+        })
+        .join()
+        .expect("vCPU-kind thread")
+    })
+}
+
 #[cfg(test)]
 mod tests;
