@@ -138,13 +138,7 @@ pub struct ServeHandle {
     front: Option<Box<dyn Send>>,
     session: Arc<Mutex<Session>>,
     stop_event: Arc<EventFd>,
-    /// The session thread; it hands the listener back so the socket file is
-    /// removed here, not by the filtered thread.
-    thread: Option<JoinHandle<Listener>>,
-    /// A clone of the backend, dropped after the threads are joined: the
-    /// backend's own clean-up (removing its sockets) then runs here, never on
-    /// a filtered thread that may not unlink.
-    backend: Option<Box<dyn Send>>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl ServeHandle {
@@ -171,16 +165,11 @@ impl ServeHandle {
         }
         let _ = self.stop_event.write(1);
         if let Some(thread) = self.thread.take() {
-            match thread.join() {
-                // Dropping the listener removes the socket file.
-                Ok(listener) => drop(listener),
-                Err(_) => {
-                    tracing::error!(path = %self.path.display(), "vhost-user serving thread panicked");
-                    let _ = fs::remove_file(&self.path);
-                }
+            if thread.join().is_err() {
+                tracing::error!(path = %self.path.display(), "vhost-user serving thread panicked");
+                let _ = fs::remove_file(&self.path);
             }
         }
-        drop(self.backend.take());
     }
 }
 
@@ -211,8 +200,11 @@ where
     B::Bitmap: BitmapReplace + NewBitmap + Clone + Send + Sync,
     B::Vring: Clone + Send + Sync,
 {
+    // Before any thread of the session exists: a filter defect fails here,
+    // and the session's clean-up needs the spawner.
+    seccomp::prepare().map_err(|e| Error::Start(io::Error::other(e)))?;
+    seccomp::spawner::init().map_err(Error::Start)?;
     let watched = backend.watched_fds();
-    let kept: Box<dyn Send> = Box::new(backend.clone());
     let mem = GuestMemoryAtomic::new(GuestMemoryMmap::<B::Bitmap>::new());
     let daemon = VhostUserDaemon::new(name.to_owned(), backend, mem).map_err(Error::Daemon)?;
     // All watched fds go to the first worker thread, which owns the backend's
@@ -248,20 +240,17 @@ where
         session,
         stop_event,
         thread: Some(thread),
-        backend: Some(kept),
     })
 }
 
-/// Waits for the frontend (or a stop), serves it, then stops the workers;
-/// returns the listener for the caller to drop (and remove the socket file).
+/// Waits for the frontend (or a stop), serves it, then stops the workers.
 fn run_session<B>(
     mut daemon: VhostUserDaemon<B>,
     mut listener: Listener,
     stop_event: &EventFd,
     session: &Mutex<Session>,
     path: &Path,
-) -> Listener
-where
+) where
     B: VhostUserBackend + Clone + 'static,
     B::Bitmap: BitmapReplace + NewBitmap + Clone + Send + Sync,
     B::Vring: Clone + Send + Sync,
@@ -320,9 +309,20 @@ where
     for handler in daemon.get_epoll_handlers() {
         handler.send_exit_event();
     }
-    // Dropping the daemon drops the last handler reference, which joins the workers.
-    drop(daemon);
-    listener
+    // Dropping the daemon drops the last handler reference, which joins the
+    // workers, and with the last backend reference the backend's own
+    // clean-up runs (removing its sockets), which this thread's filter
+    // forbids: an unfiltered thread from the spawner does both, now, so the
+    // backend's sockets go away when the session does.
+    let cleanup = seccomp::spawner::spawn("vu-cleanup".into(), move || {
+        drop(daemon);
+        drop(listener);
+    });
+    match cleanup.map(JoinHandle::join) {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => tracing::error!(path = %path.display(), "vhost-user clean-up panicked"),
+        Err(e) => tracing::error!(path = %path.display(), "vhost-user clean-up not started: {e}"),
+    }
 }
 
 /// Blocks until the listener has a connection (true) or a stop was asked (false).

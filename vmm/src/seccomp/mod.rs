@@ -118,9 +118,30 @@ pub fn enabled() -> bool {
 
 type Compiled = Result<HashMap<ThreadKind, BpfProgram>, Error>;
 
-/// Compiles every filter (once per process) so a defect shows at VM start, not in a thread.
+/// Compiles every filter (once per process) so a defect shows at VM start, not in a thread,
+/// and fixes the allocator's arena limit (see [`fix_arena_limit`]). Call it before starting
+/// filtered threads.
 pub fn prepare() -> Result<(), Error> {
+    fix_arena_limit();
     compiled().as_ref().map(|_| ()).map_err(Clone::clone)
+}
+
+/// Sets glibc's malloc arena limit to its own default (8 per CPU) up front.
+///
+/// Without it glibc computes the limit lazily, the first time a thread needs a ninth arena, by
+/// reading `/sys/devices/system/cpu/online`: whichever thread that is, if it runs under a filter
+/// (which allows no `openat`), the process is killed.
+fn fix_arena_limit() {
+    #[cfg(target_env = "gnu")]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let limit = libc::c_int::try_from(cpus.saturating_mul(8)).unwrap_or(libc::c_int::MAX);
+            // SAFETY: mallopt only sets an allocator parameter.
+            unsafe { libc::mallopt(libc::M_ARENA_MAX, limit) };
+        });
+    }
 }
 
 fn compiled() -> &'static Compiled {
@@ -174,6 +195,7 @@ pub fn apply(kind: ThreadKind) -> Result<(), Error> {
     if !enabled() {
         return Ok(());
     }
+    fix_arena_limit();
     let prog = compiled()
         .as_ref()
         .map_err(Clone::clone)?
