@@ -63,6 +63,24 @@ pub struct Config {
     pub guest: Guest,
     /// The QEMU backend.
     pub qemu: Qemu,
+    /// husk's own device and VMM threads.
+    pub vmm: Vmm,
+}
+
+/// husk's own VMM and device backend threads (the builtin VMM, and the
+/// vhost-user backends that serve QEMU).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Vmm {
+    /// Run every vCPU, device and vhost-user thread under its seccomp
+    /// filter. Turning it off is for debugging a thread the filter kills.
+    pub seccomp: bool,
+}
+
+impl Default for Vmm {
+    fn default() -> Self {
+        Self { seccomp: true }
+    }
 }
 
 /// The guest kernel, image and VM sizing.
@@ -123,6 +141,7 @@ impl Default for Config {
             sandbox_root: DEFAULT_SANDBOX_ROOT.into(),
             guest: Guest::default(),
             qemu: Qemu::default(),
+            vmm: Vmm::default(),
         }
     }
 }
@@ -359,6 +378,13 @@ mod tests {
         assert_eq!(c.guest.image, Path::new("/i"));
         assert_eq!(c.qemu.path, Path::new("/q"));
         assert_eq!(c.guest.default_vcpus, 1);
+        assert!(c.vmm.seccomp);
+        assert!(
+            !Config::parse("[vmm]\nseccomp = false\n")
+                .unwrap()
+                .vmm
+                .seccomp
+        );
     }
 
     #[test]

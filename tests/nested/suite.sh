@@ -317,6 +317,41 @@ if [[ $main_up -eq 0 ]]; then
     check "2 vCPUs: nproc" "nproc says $out" test "$out" = 2
     out=$(husk exec main cat /sys/devices/system/cpu/online 2>&1)
     check "2 vCPUs: both online" "online: $out" test "$out" = 0-1
+
+    # Every vCPU and device worker thread of the sandbox process runs under
+    # its seccomp filter (Seccomp: 2 is filter mode): the threads are named
+    # husk-vcpuN, husk-vsock, husk-fs.
+    filtered=() unfiltered=()
+    for task in /proc/[0-9]*/task/[0-9]*; do
+        comm=$(cat "$task/comm" 2>/dev/null) || continue
+        [[ $comm =~ ^husk-(vcpu[0-9]+|vsock|fs|net)$ ]] || continue
+        if grep -qx $'Seccomp:\t2' "$task/status" 2>/dev/null; then
+            filtered+=("$comm")
+        else
+            unfiltered+=("$comm:$(grep Seccomp: "$task/status" 2>/dev/null)")
+        fi
+    done
+    check "seccomp: every vCPU and device thread is filtered" \
+        "filtered: ${filtered[*]}; not: ${unfiltered[*]}" \
+        test "${#unfiltered[@]}" -eq 0 -a "$(printf '%s\n' "${filtered[@]}" | grep -c '^husk-vcpu')" -eq 2 \
+        -a "$(printf '%s\n' "${filtered[@]}" | grep -cx -e husk-vsock -e husk-fs)" -eq 2
+
+    # The sandbox process (the one holding the vCPU threads) kept only the
+    # capabilities it uses (runtime/src/cli/process/jail.rs: CHOWN..SETUID,
+    # NET_ADMIN, SYS_CHROOT, SYS_ADMIN, SYS_RESOURCE, MKNOD = 0x92410ff),
+    # in the bounding set too, and runs with no_new_privs.
+    vcpu_task=$(grep -lx husk-vcpu0 /proc/[0-9]*/task/[0-9]*/comm 2>/dev/null | head -n 1)
+    sandbox_pid=$(cut -d/ -f3 <<<"$vcpu_task")
+    status_file=/proc/${sandbox_pid:-none}/status
+    cap() { printf '%d' "0x$(awk -v f="$1:" '$1 == f {print $2}' "$status_file" 2>/dev/null)"; }
+    jailed() {
+        [[ -r $status_file ]] || return 1
+        (( ($(cap CapEff) & ~0x92410ff) == 0 && ($(cap CapBnd) & ~0x92410ff) == 0 \
+            && ($(cap CapEff) & (1 << 21)) != 0 )) \
+            && grep -qx $'NoNewPrivs:\t1' "$status_file"
+    }
+    check "the sandbox process: reduced capabilities and no_new_privs" \
+        "pid ${sandbox_pid:-none}: $(grep -E '^(Cap|NoNewPrivs)' "$status_file" 2>&1 | tr '\n' ' ')" jailed
 fi
 
 # ---- the guest kernel's own log (main's, read inside the guest) ----

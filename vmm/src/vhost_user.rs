@@ -43,6 +43,8 @@ use vmm_sys_util::event::{
 };
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::seccomp::{self, ThreadKind};
+
 /// Errors starting a vhost-user server.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -165,6 +167,7 @@ impl ServeHandle {
         if let Some(thread) = self.thread.take() {
             if thread.join().is_err() {
                 tracing::error!(path = %self.path.display(), "vhost-user serving thread panicked");
+                let _ = fs::remove_file(&self.path);
             }
         }
     }
@@ -197,6 +200,10 @@ where
     B::Bitmap: BitmapReplace + NewBitmap + Clone + Send + Sync,
     B::Vring: Clone + Send + Sync,
 {
+    // Before any thread of the session exists: a filter defect fails here,
+    // and the session's clean-up needs the spawner.
+    seccomp::prepare().map_err(|e| Error::Start(io::Error::other(e)))?;
+    seccomp::spawner::init().map_err(Error::Start)?;
     let watched = backend.watched_fds();
     let mem = GuestMemoryAtomic::new(GuestMemoryMmap::<B::Bitmap>::new());
     let daemon = VhostUserDaemon::new(name.to_owned(), backend, mem).map_err(Error::Daemon)?;
@@ -248,10 +255,28 @@ fn run_session<B>(
     B::Bitmap: BitmapReplace + NewBitmap + Clone + Send + Sync,
     B::Vring: Clone + Send + Sync,
 {
-    if wait_readable(&listener, stop_event) {
+    // Opened before the filter, which allows no `openat`: where the accepted
+    // connection will be looked for.
+    let fd_dir = nix::dir::Dir::open(
+        "/proc/self/fd",
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    );
+    // The request handler thread `daemon.start` creates inherits this filter. The device's
+    // worker threads were created with the daemon; each installs its own filter on its first
+    // event (`seccomp::apply_once` in the backends' `handle_event`).
+    if let Err(e) = seccomp::apply(ThreadKind::VhostUser) {
+        tracing::error!(path = %path.display(), "vhost-user session not started: {e}");
+    } else if wait_readable(&listener, stop_event) {
         match daemon.start(&mut listener) {
             Ok(()) => {
-                let frontend = find_accepted_connection(path);
+                let frontend = match fd_dir {
+                    Ok(mut dir) => find_accepted_connection(&mut dir, path),
+                    Err(e) => {
+                        tracing::warn!("cannot list /proc/self/fd: {e}");
+                        None
+                    }
+                };
                 if frontend.is_none() {
                     tracing::warn!(path = %path.display(), "cannot find the vhost-user connection; stop waits for the frontend");
                 }
@@ -284,9 +309,20 @@ fn run_session<B>(
     for handler in daemon.get_epoll_handlers() {
         handler.send_exit_event();
     }
-    // Dropping the daemon drops the last handler reference, which joins the workers.
-    drop(daemon);
-    drop(listener);
+    // Dropping the daemon drops the last handler reference, which joins the
+    // workers, and with the last backend reference the backend's own
+    // clean-up runs (removing its sockets), which this thread's filter
+    // forbids: an unfiltered thread from the spawner does both, now, so the
+    // backend's sockets go away when the session does.
+    let cleanup = seccomp::spawner::spawn("vu-cleanup".into(), move || {
+        drop(daemon);
+        drop(listener);
+    });
+    match cleanup.map(JoinHandle::join) {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => tracing::error!(path = %path.display(), "vhost-user clean-up panicked"),
+        Err(e) => tracing::error!(path = %path.display(), "vhost-user clean-up not started: {e}"),
+    }
 }
 
 /// Blocks until the listener has a connection (true) or a stop was asked (false).
@@ -330,22 +366,18 @@ fn wait_readable(listener: &Listener, stop_event: &EventFd) -> bool {
 /// stop a session while the frontend is still connected. The accepted socket
 /// is the only non-listening socket in this process whose local address is
 /// `path` (frontends in the same process have unnamed local addresses).
-fn find_accepted_connection(path: &Path) -> Option<OwnedFd> {
-    let entries = fs::read_dir("/proc/self/fd").ok()?;
-    for entry in entries.flatten() {
+/// `fd_dir` is `/proc/self/fd`, opened by the caller; fds that are no
+/// sockets fail the socket checks.
+fn find_accepted_connection(fd_dir: &mut nix::dir::Dir, path: &Path) -> Option<OwnedFd> {
+    for entry in fd_dir.iter().flatten() {
         let Some(fd) = entry
             .file_name()
             .to_str()
+            .ok()
             .and_then(|s| s.parse::<RawFd>().ok())
         else {
             continue;
         };
-        let is_socket = fs::read_link(entry.path())
-            .map(|t| t.to_string_lossy().starts_with("socket:"))
-            .unwrap_or(false);
-        if !is_socket {
-            continue;
-        }
         // SAFETY: the fd was open a moment ago; if it was closed since, the
         // duplicate fails and we skip it; if it was reused, the checks below
         // look at the duplicate, not at the number.

@@ -110,7 +110,12 @@ pub fn run(g: &Global, args: RunArgs) -> anyhow::Result<i32> {
 
 /// The sandbox process (`husk sandbox-daemon <id>`).
 pub fn sandbox_daemon(g: &Global, id: &str) -> anyhow::Result<i32> {
-    let reporter = Reporter::from_env();
+    let mut reporter = Reporter::from_env();
+    // First, while this process has one thread (docs/security.md).
+    if let Err(e) = super::process::jail::restrict() {
+        reporter.error(&format!("sandbox process: {e}"));
+        return Ok(1);
+    }
     let config = g.load_config()?;
     Ok(daemon::run(&g.store(), id, &config, reporter))
 }

@@ -127,6 +127,8 @@ impl Sandbox {
     /// it is left.
     pub async fn boot(config: &Config, options: SandboxOptions) -> Result<Self, Error> {
         let id = options.id.clone();
+        // Before any VMM or vhost-user thread starts: they read it when they start.
+        husk_vmm::seccomp::set_enabled(config.vmm.seccomp);
         let host = husk_vmm::machine::HostCheck::run();
         let (backend, _) = config.hypervisor.resolve(&host);
         let mut kernel_args = Vec::new();

@@ -86,6 +86,9 @@ pub enum Error {
         /// Cause.
         source: kvm_ioctls::Error,
     },
+    /// The seccomp filters could not be compiled.
+    #[error(transparent)]
+    Seccomp(crate::seccomp::Error),
     /// A vCPU thread could not be started.
     #[error("cannot start vCPU thread: {0}")]
     Thread(#[source] io::Error),

@@ -13,6 +13,7 @@ use super::cpuid;
 use super::error::{kvm, Result};
 use super::lifecycle::{Control, ExitReason};
 use super::regs::{self, EntryPoint};
+use crate::seccomp::{self, ThreadKind};
 
 /// Configures vCPU `index` of `count`: CPUID, MSRs, FPU and LAPIC for all;
 /// the boot vCPU (index 0) also gets registers for `entry`. The others wait
@@ -46,8 +47,17 @@ pub struct Buses {
     pub mmio: Bus,
 }
 
-/// Runs vCPU `index` until the VM ends; the body of a vCPU thread.
+/// Runs vCPU `index` until the VM ends; the body of a vCPU thread. Its
+/// seccomp filter goes on before the first `KVM_RUN`.
 pub fn run(mut vcpu: VcpuFd, index: u32, buses: Buses, control: Arc<Control>) {
+    if let Err(e) = seccomp::apply(ThreadKind::Vcpu) {
+        control.request_exit(ExitReason::VcpuError {
+            vcpu: index,
+            message: e.to_string(),
+        });
+        control.vcpu_exited(index as usize);
+        return;
+    }
     while control.vcpu_may_run() {
         if let Some(reason) = run_once(&mut vcpu, index, &buses) {
             control.request_exit(reason);

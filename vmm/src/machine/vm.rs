@@ -32,6 +32,7 @@ use super::mptable::{self, MAX_VCPUS};
 use super::pmu;
 use super::vcpu::{self, Buses};
 use super::{memory, regs};
+use crate::seccomp;
 use crate::virtio::{MmioTransport, VirtioDevice, QUEUE_NOTIFY_OFFSET};
 
 /// Where KVM may put the TSS it needs for real-mode emulation on Intel.
@@ -132,6 +133,10 @@ impl Vm {
             return Err(Error::AlreadyStarted);
         }
         self.started = true;
+        // Before any vCPU runs: the filters compile here (a defect fails the start, not a
+        // thread), and the spawner must be created by this unfiltered thread.
+        seccomp::prepare().map_err(Error::Seccomp)?;
+        seccomp::spawner::init().map_err(Error::Thread)?;
         for (index, fd) in std::mem::take(&mut self.pending_vcpus)
             .into_iter()
             .enumerate()

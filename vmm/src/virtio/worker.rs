@@ -11,6 +11,8 @@ use std::thread::JoinHandle;
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::seccomp::spawner;
+
 use super::{ActivateError, InterruptKind, VirtioInterrupt};
 
 /// A running device worker: its thread and the eventfd that tells it to stop.
@@ -22,16 +24,17 @@ pub struct Worker {
 
 impl Worker {
     /// Spawns `serve` on a thread named `husk-<kind>`, handing it the stop
-    /// eventfd it must poll and return on once readable.
+    /// eventfd it must poll and return on once readable. The thread is created
+    /// by the [`spawner`](crate::seccomp::spawner), so it does not inherit the
+    /// filter of the (vCPU) thread that activates the device; `serve` installs
+    /// its own before it touches a queue.
     pub fn spawn<F>(kind: &'static str, serve: F) -> Result<Self, ActivateError>
     where
         F: FnOnce(&EventFd) + Send + 'static,
     {
         let stop = EventFd::new(EFD_NONBLOCK).map_err(ActivateError::Backend)?;
         let worker_stop = stop.try_clone().map_err(ActivateError::Backend)?;
-        let thread = std::thread::Builder::new()
-            .name(format!("husk-{kind}"))
-            .spawn(move || serve(&worker_stop))
+        let thread = spawner::spawn(format!("husk-{kind}"), move || serve(&worker_stop))
             .map_err(ActivateError::Backend)?;
         Ok(Worker { kind, stop, thread })
     }

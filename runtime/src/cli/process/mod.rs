@@ -13,6 +13,7 @@
 
 pub mod daemon;
 pub mod host_cgroup;
+pub mod jail;
 pub mod proxy;
 pub mod spawn;
 pub mod tty;

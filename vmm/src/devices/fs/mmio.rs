@@ -15,6 +15,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::device::MAX_QUEUE_SIZE;
 use super::FsDevice;
+use crate::seccomp::{self, ThreadKind};
 use crate::virtio::{
     notify_queue, read_config_bytes, ActivateError, Activation, ActiveQueue, VirtioDevice,
     VirtioInterrupt, VirtioMemory, Worker,
@@ -92,7 +93,12 @@ fn serve(
     interrupt: &dyn VirtioInterrupt,
     stop: &EventFd,
 ) {
+    // Confinement first: it needs `unshare` and `chroot`, which the filter then forbids.
     if let Err(e) = device.enter_thread_sandbox() {
+        tracing::error!("virtio-fs worker not started: {e}");
+        return;
+    }
+    if let Err(e) = seccomp::apply(ThreadKind::Fs) {
         tracing::error!("virtio-fs worker not started: {e}");
         return;
     }

@@ -15,6 +15,7 @@ use vmm_sys_util::event::{
 
 use super::device::MAX_QUEUE_SIZE;
 use super::{FsConfig, FsDevice, FsError};
+use crate::seccomp::{self, ThreadKind};
 use crate::vhost_user::{self, config_slice, ServeHandle, ServedBackend};
 
 /// The virtio-fs device as a vhost-user backend. Cheap to clone (shared state).
@@ -78,6 +79,11 @@ impl VhostUserBackend for FsBackend {
         vrings: &[VringRwLock],
         _thread_id: usize,
     ) -> io::Result<()> {
+        // Confinement (unshare, chroot) before the filter, which forbids both.
+        self.device
+            .enter_thread_sandbox()
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        seccomp::apply_once(ThreadKind::Fs).map_err(io::Error::other)?;
         let vring = vrings
             .get(usize::from(device_event))
             .ok_or_else(|| io::Error::other(format!("unknown event {device_event}")))?;

@@ -15,6 +15,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::device::{NetDevice, NetStats, CONFIG_SPACE_LEN, NUM_QUEUES, RX_QUEUE, TX_QUEUE};
 use super::{Error, NetConfig, Tap};
+use crate::seccomp::{self, ThreadKind};
 use crate::virtio::{
     notify_queue, read_config_bytes, wait_readable, ActivateError, Activation, ActiveQueue,
     VirtioDevice, VirtioInterrupt, VirtioMemory, Worker,
@@ -110,6 +111,10 @@ fn serve(
     interrupt: &dyn VirtioInterrupt,
     stop: &EventFd,
 ) {
+    if let Err(e) = seccomp::apply(ThreadKind::Net) {
+        tracing::error!("virtio-net worker not started: {e}");
+        return;
+    }
     let host_fd = device
         .lock()
         .unwrap_or_else(PoisonError::into_inner)

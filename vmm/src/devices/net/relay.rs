@@ -27,6 +27,8 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::seccomp::{self, ThreadKind};
+
 /// `VHOST_USER_SET_FEATURES`.
 const SET_FEATURES: u32 = 2;
 /// `VHOST_USER_SET_VRING_ENABLE`.
@@ -57,6 +59,10 @@ impl Relay {
         let thread = std::thread::Builder::new()
             .name("vu-net-relay".into())
             .spawn(move || {
+                if let Err(e) = seccomp::apply(ThreadKind::NetRelay) {
+                    tracing::error!("vhost-user net relay not started: {e}");
+                    return;
+                }
                 if let Err(e) = run(&listener, &inner, &thread_stop) {
                     tracing::debug!("vhost-user net relay ended: {e}");
                 }

@@ -20,6 +20,7 @@ use vmm_sys_util::event::{EventConsumer, EventNotifier};
 use super::device::{NetDevice, NUM_QUEUES, RX_QUEUE, TX_QUEUE};
 use super::relay::Relay;
 use super::{Error, NetConfig, Tap};
+use crate::seccomp::{self, ThreadKind};
 use crate::vhost_user::{config_slice, is_live, serve, ExitEvent, ServeHandle, ServedBackend};
 
 /// The `handle_event` token of the device's host event fd.
@@ -151,6 +152,7 @@ impl VhostUserBackendMut for NetBackend {
         vrings: &[VringRwLock],
         _thread_id: usize,
     ) -> io::Result<()> {
+        seccomp::apply_once(ThreadKind::Net).map_err(io::Error::other)?;
         self.run(vrings)
     }
 }

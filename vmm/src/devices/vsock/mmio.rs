@@ -14,6 +14,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::device::{VsockDevice, NUM_QUEUES, RX_QUEUE, TX_QUEUE, VIRTIO_ID_VSOCK};
 use super::Error;
+use crate::seccomp::{self, ThreadKind};
 use crate::virtio::{
     notify_queue, read_config_bytes, wait_readable, ActivateError, Activation, ActiveQueue,
     VirtioDevice, VirtioInterrupt, VirtioMemory, Worker,
@@ -95,6 +96,10 @@ fn serve(
     interrupt: &dyn VirtioInterrupt,
     stop: &EventFd,
 ) {
+    if let Err(e) = seccomp::apply(ThreadKind::Vsock) {
+        tracing::error!("virtio-vsock worker not started: {e}");
+        return;
+    }
     let host_fd = device
         .lock()
         .unwrap_or_else(PoisonError::into_inner)

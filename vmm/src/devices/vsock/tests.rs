@@ -699,11 +699,15 @@ mod mmio_face {
             },
         ];
         let (send, irqs) = mpsc::channel();
-        dev.activate(Activation {
-            mem: GuestMemoryAtomic::new(mem.clone()),
-            acked_features: 1 << 32,
-            queues,
-            interrupt: Arc::new(Recorder(Mutex::new(send))),
+        // Activation and reset run where the builtin VMM runs them: on a
+        // thread under the vCPU filter.
+        crate::seccomp::on_vcpu_thread(|| {
+            dev.activate(Activation {
+                mem: GuestMemoryAtomic::new(mem.clone()),
+                acked_features: 1 << 32,
+                queues,
+                interrupt: Arc::new(Recorder(Mutex::new(send))),
+            })
         })
         .unwrap();
 
@@ -719,7 +723,7 @@ mod mmio_face {
         let req = parse_header(&raw);
         assert_eq!((req.op, req.dst_port), (Op::Request.raw(), 1024));
 
-        dev.reset();
+        crate::seccomp::on_vcpu_thread(|| dev.reset());
         assert_closed(&mut client);
     }
 

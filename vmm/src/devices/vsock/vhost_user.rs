@@ -14,6 +14,7 @@ use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use super::device::{VsockDevice, NUM_QUEUES, RX_QUEUE, TX_QUEUE};
 use super::Error;
+use crate::seccomp::{self, ThreadKind};
 use crate::vhost_user::{config_slice, is_live, serve, ExitEvent, ServeHandle, ServedBackend};
 
 /// `VHOST_USER_F_PROTOCOL_FEATURES`.
@@ -121,6 +122,7 @@ impl VhostUserBackendMut for VsockBackend {
         vrings: &[VringRwLock],
         _thread_id: usize,
     ) -> io::Result<()> {
+        seccomp::apply_once(ThreadKind::Vsock).map_err(io::Error::other)?;
         self.run(device_event == HOST_EVENT, vrings)
     }
 }

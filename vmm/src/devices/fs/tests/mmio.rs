@@ -91,15 +91,20 @@ fn activated_device_answers_kicks_and_reset_stops_it() {
     let notifier = EventFd::new(0).unwrap();
     let kick = notifier.try_clone().unwrap();
     let (tx, rx) = mpsc::channel();
-    dev.activate(Activation {
-        mem: GuestMemoryAtomic::new(mem.clone()),
-        acked_features: dev.features(),
-        queues: vec![ActiveQueue {
-            index: 1,
-            queue: request_queue(),
-            notifier,
-        }],
-        interrupt: Arc::new(Interrupts(Mutex::new(tx))),
+    let features = dev.features();
+    // Activation and reset run where the builtin VMM runs them: on a thread
+    // under the vCPU filter; the worker runs under its own.
+    crate::seccomp::on_vcpu_thread(|| {
+        dev.activate(Activation {
+            mem: GuestMemoryAtomic::new(mem.clone()),
+            acked_features: features,
+            queues: vec![ActiveQueue {
+                index: 1,
+                queue: request_queue(),
+                notifier,
+            }],
+            interrupt: Arc::new(Interrupts(Mutex::new(tx))),
+        })
     })
     .unwrap();
 
@@ -134,7 +139,7 @@ fn activated_device_answers_kicks_and_reset_stops_it() {
     }
     assert_eq!(reply(&mem, 1).obj::<EntryOut>().unwrap().attr.size, 5);
 
-    dev.reset();
+    crate::seccomp::on_vcpu_thread(|| dev.reset());
     // After reset the worker is gone: a kick gets no answer.
     publish(
         &mem,
