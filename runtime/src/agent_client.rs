@@ -47,7 +47,9 @@ pub enum Error {
     #[error("unexpected hybrid vsock reply {0:?}")]
     BadReply(String),
     /// The guest did not say ready before the deadline.
-    #[error("the guest's agent did not say ready on {socket} within {timeout:?}")]
+    // "agent not reachable", as for a connection timeout: the words tools
+    // (tests/nested/suite.sh) and users already look for.
+    #[error("agent not reachable: the guest did not say ready on {socket} within {timeout:?}")]
     NotReady {
         /// The ready socket.
         socket: PathBuf,
@@ -343,6 +345,10 @@ mod tests {
         let ready = ReadyListener::bind(&dir.path().join("vsock.sock")).unwrap();
         let err = ready.wait(Duration::from_millis(100)).await.unwrap_err();
         assert!(matches!(err, Error::NotReady { .. }), "{err}");
+        assert!(
+            err.to_string().starts_with("agent not reachable: "),
+            "{err}"
+        );
     }
 
     #[tokio::test]
