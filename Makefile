@@ -6,7 +6,7 @@ SHELL := /bin/bash
 BUILD := build
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: demo test deps build check agent kernel image guest install bench bench-nested bench-net bench-pod soak clean
+.PHONY: demo test deps build check agent kernel image guest install bench bench-nested bench-budget bench-budget-nested bench-net bench-pod soak clean
 
 PREFIX ?= /usr/local
 
@@ -99,6 +99,30 @@ bench-nested: deps guest
 		echo "bench-nested: failed ($$status); the end of $(NESTED_BENCH_OUT)/script.log:"; \
 		tail -n 40 $(NESTED_BENCH_OUT)/script.log || true; \
 	fi; \
+	exit $$status
+
+## bench-budget: the boot budget, every stage of `husk run` host and guest,
+## as medians (as root; the backend this host picks). BUDGET_RUNS (default
+## 10); BUDGET_VARIANTS compares builds or guests interleaved, as
+## `NAME:husk=PATH,initrd=PATH,kernel=PATH,params=WORDS;...` (see
+## runtime/benches/boot_budget.rs). docs/benchmarks.md, "Boot budget".
+BUDGET_RUNS ?= 10
+BUDGET_VARIANTS ?=
+bench-budget: deps guest
+	HUSK_BUDGET_RUNS=$(BUDGET_RUNS) HUSK_BUDGET_VARIANTS="$(BUDGET_VARIANTS)" \
+		cargo bench -p husk-runtime --bench boot_budget
+
+## bench-budget-nested: the same on the builtin VMM inside the nested
+## layer's outer VM (tests/nested/budget.sh); the table in
+## build/bench-nested/boot_budget.md. About 10 minutes at 5 runs.
+bench-budget-nested: deps guest
+	bench=$$($(call bench_executable,husk-runtime,boot_budget)); \
+	[[ -x $$bench ]] || { echo "bench-budget-nested: no bench executable from cargo"; exit 1; }; \
+	status=0; \
+	flock /tmp/husk-nested.lock tests/nested/l1.sh --out $(NESTED_BENCH_OUT) --timeout 1800 tests/nested/budget.sh \
+		"$$bench" "$$(guest-kernel/build.sh --print-path)" "$$PWD/$(BUILD)/initrd.img" \
+		$(BUDGET_RUNS) "$(BUDGET_VARIANTS)" || status=$$?; \
+	cat $(NESTED_BENCH_OUT)/boot_budget.md || true; \
 	exit $$status
 
 ## bench-net: TCP throughput (iperf3) container <-> peer: husk's virtio-net

@@ -68,6 +68,12 @@ cleanup() {
 trap cleanup EXIT
 
 install -m 0755 "$agent" "$stage/init"
+if [[ $debug -eq 0 ]]; then
+    # Symbols only name a panic's frames; without them the image is about
+    # 20% smaller, which the kernel unpacks and the agent pages in at
+    # every boot (docs/benchmarks.md, "Boot budget"). --debug keeps them.
+    strip --strip-all "$stage/init"
+fi
 for d in "${DIRS[@]}"; do
     mkdir -m 0755 "$stage/$d"
 done

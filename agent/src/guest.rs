@@ -7,7 +7,8 @@ use husk_protocol::agent::GuestDetailsResponse;
 
 use crate::error::{AgentError, Result};
 
-/// The agent's version, the kernel's release, memory and CPUs.
+/// The agent's version, the kernel's release, memory, CPUs and the boot's
+/// stages so far.
 pub fn details(is_init: bool) -> Result<GuestDetailsResponse> {
     let uname = nix::sys::utsname::uname().map_err(|e| AgentError::errno("uname", e))?;
     let meminfo = std::fs::read_to_string("/proc/meminfo")
@@ -21,6 +22,9 @@ pub fn details(is_init: bool) -> Result<GuestDetailsResponse> {
             .map(|n| n.get() as u32)
             .unwrap_or(1),
         init: is_init,
+        boot: protobuf::MessageField::some(
+            crate::boot_stages::TIMELINE.report(crate::boot_stages::now_ns()),
+        ),
         ..Default::default()
     })
 }

@@ -4,8 +4,10 @@
 //! ([`reaper`]), and serves the agent API ([`service`]) over ttrpc, creating
 //! OCI containers with youki's libcontainer ([`engine`]). It configures the
 //! guest's network from the host's description ([`network`]) and relays DNS
-//! queries for loopback nameservers to the host ([`dns_relay`]).
+//! queries for loopback nameservers to the host ([`dns_relay`]). It tells
+//! the host when it is ready ([`ready`]) and times its boot ([`boot_stages`]).
 
+pub mod boot_stages;
 pub mod cgroups;
 pub mod dns_relay;
 pub mod engine;
@@ -17,6 +19,7 @@ pub mod listen;
 pub mod network;
 pub mod process;
 pub mod propagation;
+pub mod ready;
 pub mod reaper;
 pub mod sandbox;
 pub mod service;

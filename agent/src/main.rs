@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
+use husk_agent::boot_stages::{self, Stage};
 use husk_agent::dns_relay::HostAddr;
 use husk_agent::init;
 use husk_agent::listen::ListenAddr;
@@ -12,13 +13,15 @@ use husk_agent::sandbox::Sandbox;
 use husk_agent::service::Service;
 use husk_protocol::agent_ttrpc::create_agent_service;
 
-const USAGE: &str = "usage: husk-agent [--listen vsock:PORT|unix:PATH] [--state-dir DIR] [--resolv-conf PATH] [--dns-relay-host vsock:CID:PORT|unix:PATH|tcp:IP:PORT] [--log-level LEVEL]";
+const USAGE: &str = "usage: husk-agent [--listen vsock:PORT|unix:PATH] [--state-dir DIR] [--resolv-conf PATH] [--dns-relay-host vsock:CID:PORT|unix:PATH|tcp:IP:PORT] [--ready-host vsock:CID:PORT|unix:PATH|tcp:IP:PORT|none] [--log-level LEVEL]";
 
 struct Options {
     listen: ListenAddr,
     state_dir: PathBuf,
     resolv_conf: PathBuf,
     dns_relay_host: HostAddr,
+    /// Where to say ready once listening; none outside the guest.
+    ready_host: Option<HostAddr>,
     log_level: String,
 }
 
@@ -28,6 +31,8 @@ fn parse_args() -> anyhow::Result<Options> {
         state_dir: PathBuf::from("/run/husk-agent"),
         resolv_conf: PathBuf::from("/etc/resolv.conf"),
         dns_relay_host: HostAddr::default(),
+        // As /init the host waits for the ready line; a host test asks.
+        ready_host: init::is_init().then(husk_agent::ready::host_default),
         log_level: "info".into(),
     };
     let mut args = std::env::args().skip(1);
@@ -42,6 +47,12 @@ fn parse_args() -> anyhow::Result<Options> {
             "--resolv-conf" => options.resolv_conf = value()?.into(),
             "--dns-relay-host" => {
                 options.dns_relay_host = value()?.parse().map_err(anyhow::Error::msg)?
+            }
+            "--ready-host" => {
+                options.ready_host = match value()?.as_str() {
+                    "none" => None,
+                    addr => Some(addr.parse().map_err(anyhow::Error::msg)?),
+                }
             }
             "--log-level" => options.log_level = value()?,
             "--version" => {
@@ -72,6 +83,7 @@ fn main() {
 }
 
 fn run() -> anyhow::Result<()> {
+    boot_stages::mark(Stage::Init);
     let options = parse_args()?;
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -89,6 +101,7 @@ fn run() -> anyhow::Result<()> {
             // Containers without loopback are degraded, not impossible.
             tracing::warn!(%err, "bringing lo up");
         }
+        boot_stages::mark(Stage::BaseSystem);
     } else {
         // Outside a VM, orphans of our containers must still come to us.
         nix::sys::prctl::set_child_subreaper(true).context("becoming a subreaper")?;
@@ -121,7 +134,14 @@ async fn serve(options: Options) -> anyhow::Result<()> {
         .with_context(|| format!("listening on {:?}", options.listen))?
         .register_service(create_agent_service(service));
     server.start().await.context("starting the ttrpc server")?;
+    boot_stages::mark(Stage::Listening);
     tracing::info!(listen = ?options.listen, "husk-agent serving");
+    if let Some(host) = &options.ready_host {
+        match husk_agent::ready::signal(host).await {
+            Ok(()) => boot_stages::mark(Stage::ReadySent),
+            Err(err) => tracing::error!(%host, %err, "telling the host the agent is ready"),
+        }
+    }
 
     wait_for_termination().await;
     // Leave nothing behind: containers are killed and removed, storages unmounted.

@@ -12,6 +12,7 @@ use husk_protocol::agent_ttrpc::AgentService;
 use husk_protocol::MAX_READ_CHUNK;
 use ttrpc::r#async::TtrpcContext;
 
+use crate::boot_stages::{self, Stage};
 use crate::dns_relay::{self, Connector, DnsRelay, HostAddr};
 use crate::error::AgentError;
 use crate::guest;
@@ -142,6 +143,9 @@ impl AgentService for Service {
             self.start_dns_relay(&req.dns_relay).await
         }
         .await;
+        if result.is_ok() {
+            boot_stages::mark(Stage::SandboxCreated);
+        }
         reply("CreateSandbox", result).map(|_| Empty::new())
     }
 
@@ -206,6 +210,9 @@ impl AgentService for Service {
                 .await
         }
         .await;
+        if result.is_ok() {
+            boot_stages::mark(Stage::ContainerCreated);
+        }
         reply("CreateContainer", result).map(|_| Empty::new())
     }
 
@@ -214,11 +221,12 @@ impl AgentService for Service {
         _ctx: &TtrpcContext,
         req: ContainerRequest,
     ) -> TtrpcResult<Empty> {
-        reply(
-            "StartContainer",
-            self.sandbox.start_container(&req.container_id).await,
-        )
-        .map(|_| Empty::new())
+        let result = self.sandbox.start_container(&req.container_id).await;
+        if result.is_ok() {
+            // start_container returns once the process exec'd.
+            boot_stages::mark(Stage::ContainerStarted);
+        }
+        reply("StartContainer", result).map(|_| Empty::new())
     }
 
     async fn remove_container(

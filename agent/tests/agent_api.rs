@@ -452,6 +452,53 @@ async fn terminal_reports_resized_window() {
 }
 
 #[tokio::test]
+async fn the_agent_says_ready_once_listening_and_reports_its_boot_stages() {
+    let host = tempfile::tempdir().unwrap();
+    let ready = host.path().join("ready.sock");
+    let listener = tokio::net::UnixListener::bind(&ready).unwrap();
+    let agent = Agent::start_args(&["--ready-host", &format!("unix:{}", ready.display())]);
+    let (mut stream, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+        .await
+        .expect("the agent never said ready")
+        .unwrap();
+    let mut line = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut line)
+        .await
+        .unwrap();
+    assert_eq!(line, husk_protocol::READY_LINE);
+
+    let client = agent.client().await;
+    let stages = |details: GuestDetailsResponse| details.boot.into_option().expect("boot stages");
+    let boot = stages(
+        client
+            .get_guest_details(ctx(), &GuestDetailsRequest::new())
+            .await
+            .expect("details"),
+    );
+    // Not PID 1: no base system to set up; the rest in order.
+    assert_eq!(boot.base_system_ns, 0);
+    assert!(boot.init_ns > 0, "{boot:?}");
+    assert!(boot.listening_ns >= boot.init_ns, "{boot:?}");
+    assert!(boot.ready_sent_ns >= boot.listening_ns, "{boot:?}");
+    assert!(boot.now_ns >= boot.ready_sent_ns, "{boot:?}");
+    assert_eq!(boot.sandbox_created_ns, 0);
+    assert_eq!(boot.container_created_ns, 0);
+
+    client
+        .create_sandbox(ctx(), &CreateSandboxRequest::new())
+        .await
+        .expect("create sandbox");
+    let boot = stages(
+        client
+            .get_guest_details(ctx(), &GuestDetailsRequest::new())
+            .await
+            .expect("details"),
+    );
+    assert!(boot.sandbox_created_ns >= boot.ready_sent_ns, "{boot:?}");
+    assert!(boot.now_ns >= boot.sandbox_created_ns, "{boot:?}");
+}
+
+#[tokio::test]
 async fn sandbox_details_storage_and_destroy() {
     let mut agent = Agent::start();
     let client = agent.client().await;

@@ -4,6 +4,11 @@
 //! and reads `OK <n>\n`; from then on the stream is the guest's vsock port.
 //! Until the agent listens, the device refuses the connection (the Unix
 //! stream is closed), so connecting is retried until a deadline.
+//!
+//! A booting sandbox does not poll: [`ReadyListener`] listens on
+//! `<socket>_<READY_VSOCK_PORT>` before the VM starts, and the agent, once
+//! it listens, connects there and writes the ready line; only then does the
+//! host connect to it.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -41,6 +46,99 @@ pub enum Error {
     /// The device answered the handshake with something other than `OK <n>`.
     #[error("unexpected hybrid vsock reply {0:?}")]
     BadReply(String),
+    /// The guest did not say ready before the deadline.
+    // "agent not reachable", as for a connection timeout: the words tools
+    // (tests/nested/suite.sh) and users already look for.
+    #[error("agent not reachable: the guest did not say ready on {socket} within {timeout:?}")]
+    NotReady {
+        /// The ready socket.
+        socket: PathBuf,
+        /// The deadline given.
+        timeout: Duration,
+    },
+    /// The guest's ready connection carried something else than the ready line.
+    #[error("unexpected ready message from the guest {0:?}")]
+    BadReady(String),
+    /// The ready socket could not be made or read.
+    #[error("ready socket {socket}: {source}")]
+    ReadySocket {
+        /// The ready socket.
+        socket: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Where the guest says ready: the host side of its connections to
+/// [`husk_protocol::READY_VSOCK_PORT`], listening from before the VM starts.
+/// The socket file is removed on drop.
+pub struct ReadyListener {
+    listener: tokio::net::UnixListener,
+    path: PathBuf,
+}
+
+impl ReadyListener {
+    /// Listens on `<vsock_socket>_<READY_VSOCK_PORT>`, where the hybrid
+    /// vsock device sends the guest's connections to that port.
+    pub fn bind(vsock_socket: &Path) -> Result<Self, Error> {
+        let path = ready_socket(vsock_socket);
+        // A stale socket from an earlier sandbox of the same name.
+        let _ = std::fs::remove_file(&path);
+        let listener =
+            tokio::net::UnixListener::bind(&path).map_err(|source| Error::ReadySocket {
+                socket: path.clone(),
+                source,
+            })?;
+        Ok(Self { listener, path })
+    }
+
+    /// Waits up to `timeout` for the guest's ready line. The guest is not
+    /// trusted: a line longer than [`MAX_REPLY_LEN`] or other than
+    /// [`husk_protocol::READY_LINE`] fails the boot.
+    pub async fn wait(&self, timeout: Duration) -> Result<(), Error> {
+        let not_ready = || Error::NotReady {
+            socket: self.path.clone(),
+            timeout,
+        };
+        let io = |source| Error::ReadySocket {
+            socket: self.path.clone(),
+            source,
+        };
+        let read = async {
+            let (mut stream, _) = self.listener.accept().await.map_err(io)?;
+            // Up to the newline, not the end: the guest's close need not
+            // reach us before its line does.
+            let mut line = Vec::with_capacity(MAX_REPLY_LEN);
+            while line.len() < MAX_REPLY_LEN && line.last() != Some(&b'\n') {
+                match stream.read_u8().await {
+                    Ok(byte) => line.push(byte),
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                    Err(e) => return Err(io(e)),
+                }
+            }
+            if line == husk_protocol::READY_LINE.as_bytes() {
+                Ok(())
+            } else {
+                Err(Error::BadReady(String::from_utf8_lossy(&line).into_owned()))
+            }
+        };
+        tokio::time::timeout(timeout, read)
+            .await
+            .map_err(|_| not_ready())?
+    }
+}
+
+impl Drop for ReadyListener {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// `<vsock_socket>_<READY_VSOCK_PORT>`.
+pub fn ready_socket(vsock_socket: &Path) -> PathBuf {
+    let mut path = vsock_socket.as_os_str().to_owned();
+    path.push(format!("_{}", husk_protocol::READY_VSOCK_PORT));
+    PathBuf::from(path)
 }
 
 /// Why one attempt failed: try again, or give up.
@@ -211,6 +309,66 @@ mod tests {
         assert_eq!(&first, b"echo");
         drop(stream);
         device.await.unwrap();
+    }
+
+    /// A guest saying `message` on the ready socket of `vsock`.
+    async fn guest_says(vsock: &Path, message: &[u8]) {
+        let mut stream = UnixStream::connect(ready_socket(vsock)).await.unwrap();
+        stream.write_all(message).await.unwrap();
+    }
+
+    #[test]
+    fn the_ready_socket_is_where_the_device_sends_guest_connections_to_port_1026() {
+        assert_eq!(
+            ready_socket(Path::new("/run/husk/abc/vsock.sock")),
+            Path::new("/run/husk/abc/vsock.sock_1026")
+        );
+    }
+
+    #[tokio::test]
+    async fn the_ready_line_ends_the_wait_and_the_socket_goes_with_the_listener() {
+        let dir = tempfile::tempdir().unwrap();
+        let vsock = dir.path().join("vsock.sock");
+        let ready = ReadyListener::bind(&vsock).unwrap();
+        let (waited, ()) = tokio::join!(
+            ready.wait(Duration::from_secs(5)),
+            guest_says(&vsock, b"READY\n")
+        );
+        waited.unwrap();
+        drop(ready);
+        assert!(!ready_socket(&vsock).exists());
+    }
+
+    #[tokio::test]
+    async fn a_guest_that_never_says_ready_times_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let ready = ReadyListener::bind(&dir.path().join("vsock.sock")).unwrap();
+        let err = ready.wait(Duration::from_millis(100)).await.unwrap_err();
+        assert!(matches!(err, Error::NotReady { .. }), "{err}");
+        assert!(
+            err.to_string().starts_with("agent not reachable: "),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn anything_but_the_ready_line_fails_and_is_bounded() {
+        let long = vec![b'R'; 10_000];
+        for message in [&b"READY"[..], b"READX\n", b"NOPE\n", &long] {
+            let dir = tempfile::tempdir().unwrap();
+            let vsock = dir.path().join("vsock.sock");
+            let ready = ReadyListener::bind(&vsock).unwrap();
+            let guest = async {
+                let mut stream = UnixStream::connect(ready_socket(&vsock)).await.unwrap();
+                // The host stops reading at the bound: the write may fail.
+                let _ = stream.write_all(message).await;
+            };
+            let (waited, ()) = tokio::join!(ready.wait(Duration::from_secs(5)), guest);
+            match waited {
+                Err(Error::BadReady(got)) => assert!(got.len() <= MAX_REPLY_LEN),
+                other => panic!("{:?}: {other:?}", String::from_utf8_lossy(message)),
+            }
+        }
     }
 
     #[tokio::test]

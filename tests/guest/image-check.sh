@@ -55,9 +55,18 @@ drwxr-xr-x root root run
 drwxr-xr-x root root sys
 drwxrwxrwt root root tmp'
     [[ $listing == "$expected" ]] || { printf 'got:\n%s\n' "$listing"; return 1; }
-    cpio -i --quiet --to-stdout init <"$work/a.none" | cmp - "$work/static"
+    # /init is the binary without its symbols (--debug keeps them).
+    strip --strip-all -o "$work/static.stripped" "$work/static" &&
+        cpio -i --quiet --to-stdout init <"$work/a.none" | cmp - "$work/static.stripped" &&
+        ! cmp -s "$work/static" "$work/static.stripped"
 }
-check "initrd holds /init and the mount points, sorted, owned by root" layout
+check "initrd holds /init (stripped) and the mount points, sorted, owned by root" layout
+
+debug_keeps_symbols() {
+    "$IMAGE" --debug "$work/static" "$work/d.none" >/dev/null &&
+        cpio -i --quiet --to-stdout init <"$work/d.none" | cmp - "$work/static"
+}
+check "--debug keeps /init's symbols" debug_keeps_symbols
 
 gzip_is_cpio() {
     gzip -dc "$work/a.gzip" | cmp - "$work/a.none"

@@ -12,6 +12,7 @@
 //! - [`bench`]: what the benchmarks share (medians, runc and crun beside husk).
 
 pub mod bench;
+pub mod budget;
 pub mod cli;
 pub mod containerd;
 pub mod containers;

@@ -39,6 +39,15 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 /// then the message).
 pub const DNS_RELAY_VSOCK_PORT: u32 = 1025;
 
+/// The vsock port on the host (CID 2) the agent connects to once it
+/// listens, to say the guest is ready: it writes [`READY_LINE`] and closes.
+/// The host listens there before the VM starts, so it reacts at once
+/// instead of polling the agent's port while the guest boots.
+pub const READY_VSOCK_PORT: u32 = 1026;
+
+/// What the agent writes on its [`READY_VSOCK_PORT`] connection.
+pub const READY_LINE: &str = "READY\n";
+
 /// Upper bound on one `ReadStdout`/`ReadStderr` reply, well under ttrpc's
 /// 4 MiB message limit.
 pub const MAX_READ_CHUNK: u32 = 1 << 20;

@@ -55,6 +55,11 @@ impl Agent {
         Agent::start_with(true, args)
     }
 
+    /// Like [`Agent::start`], with more agent arguments.
+    pub fn start_args(args: &[&str]) -> Agent {
+        Agent::start_with(false, args)
+    }
+
     fn start_with(netns: bool, args: &[&str]) -> Agent {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("agent.sock");

@@ -131,6 +131,7 @@ struct Created {
 
 impl Created {
     fn new(g: &Global, args: &CreateArgs) -> anyhow::Result<Self> {
+        let begun = std::time::Instant::now();
         tracing::info!(stage = "cli", container = %args.id, "create");
         crate::store::check_id(&args.id)?;
         refuse_preserved_fds(args.preserve_fds)?;
@@ -183,6 +184,7 @@ impl Created {
             committed: false,
         };
         created.start_processes(g, args, terminal, netns)?;
+        tracing::info!(stage = "created", ms = crate::service::vm::stage_ms(begun), container = %args.id, "created");
         Ok(created)
     }
 

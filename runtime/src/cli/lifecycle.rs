@@ -14,7 +14,8 @@ use crate::agent_client::{agent_message, ctx};
 use crate::cli::process::host_cgroup::HostCgroup;
 use crate::oci::hooks;
 use crate::oci::state::Status;
-use crate::service::INIT_EXEC_ID;
+use crate::service::vm::stage_ms;
+use crate::service::{boot_stages, INIT_EXEC_ID};
 use crate::store::Record;
 
 /// `kill`'s flags.
@@ -69,6 +70,7 @@ fn load_in(g: &Global, id: &str, allowed: &[Status], verb: &str) -> anyhow::Resu
 pub fn start(g: &Global, id: &str) -> anyhow::Result<()> {
     let mut record = load_in(g, id, &[Status::Created], "start")?;
     block_on(async {
+        let begun = std::time::Instant::now();
         let agent = connect(&record).await?;
         agent
             .start_container(
@@ -79,7 +81,19 @@ pub fn start(g: &Global, id: &str) -> anyhow::Result<()> {
                 },
             )
             .await
-            .map_err(|e| anyhow!("starting container {id}: {}", agent_message(&e)))
+            .map_err(|e| anyhow!("starting container {id}: {}", agent_message(&e)))?;
+        tracing::info!(
+            stage = "started",
+            ms = stage_ms(begun),
+            container = id,
+            "container started"
+        );
+        // The guest's own stages are complete now; one more call, made
+        // only when someone reads info logs.
+        if tracing::enabled!(tracing::Level::INFO) {
+            boot_stages::log(&agent, id).await;
+        }
+        anyhow::Ok(())
     })??;
     record.status = Status::Running;
     g.store().save(&record)?;

@@ -309,14 +309,26 @@ fn command_line(
 ) -> Vec<OsString> {
     let dir = &spec.sandbox;
     let mem = spec.memory_mib;
-    let cmdline = match guest_tsc_khz {
-        Some(khz) => {
-            // Before the spec's own words, so those can still override it.
-            let mut spec = spec.clone();
-            spec.kernel_args.insert(0, format!("tsc_early_khz={khz}"));
-            kernel_cmdline(REBOOT, &spec)
-        }
-        None => kernel_cmdline(REBOOT, spec),
+    // Before the spec's own words, so those can still override them.
+    let mut backend_words = Vec::new();
+    if accel == Accel::Tcg {
+        // TCG emulates no TSC-deadline timer, so the kernel calibrates the
+        // local APIC timer by waiting HZ/10 ticks, then verifies it for as
+        // long again; a starved vCPU fails the check and the kernel falls
+        // back on the PIT anyway ("APIC timer disabled due to verification
+        // failure"). Going to the PIT at once saves that wait (about 0.3 to
+        // 0.5 s of a TCG boot, docs/benchmarks.md "Boot budget").
+        backend_words.push("noapictimer".to_owned());
+    }
+    if let Some(khz) = guest_tsc_khz {
+        backend_words.push(format!("tsc_early_khz={khz}"));
+    }
+    let cmdline = if backend_words.is_empty() {
+        kernel_cmdline(REBOOT, spec)
+    } else {
+        let mut spec = spec.clone();
+        spec.kernel_args.splice(0..0, backend_words);
+        kernel_cmdline(REBOOT, &spec)
     };
     let mut args: Vec<OsString> = Vec::new();
     let mut push = |a: &str| args.push(a.into());
@@ -575,9 +587,11 @@ mod tests {
             ]
         );
         // QEMU passes the shared command line, with the triple-fault reboot
-        // that -no-reboot turns into QEMU exiting.
+        // that -no-reboot turns into QEMU exiting, and TCG's own word.
         let append = value_after(&args, "-append");
-        assert_eq!(append, [kernel_cmdline(REBOOT, &s)]);
+        let mut with_tcg_words = s.clone();
+        with_tcg_words.kernel_args.insert(0, "noapictimer".into());
+        assert_eq!(append, [kernel_cmdline(REBOOT, &with_tcg_words)]);
         assert!(append[0].contains(" reboot=t "), "{append:?}");
         assert!(append[0].ends_with(" husk.debug=1"), "{append:?}");
         assert!(args.iter().any(|a| a == "-no-reboot"));
@@ -684,6 +698,18 @@ mod tests {
             !value_after(&args, "-append")[0].contains("tsc_early_khz=2300000"),
             "{args:?}"
         );
+    }
+
+    #[test]
+    fn only_tcg_skips_the_local_apic_timer() {
+        let s = spec(Path::new("/r"));
+        let append = |accel| {
+            let args = strings(&command_line(&s, accel, None, &NetArgs::VhostUser));
+            value_after(&args, "-append")[0].to_string()
+        };
+        assert!(append(Accel::Tcg).contains(" noapictimer"));
+        // KVM's vCPUs have the TSC-deadline timer: no calibration to skip.
+        assert!(!append(Accel::Kvm).contains("noapictimer"));
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! guest process sees its files vanish and nothing under a bind is ever
 //! deleted.
 
+pub mod boot_stages;
 pub mod share;
 pub mod stdio;
 pub mod vm;
@@ -127,6 +128,7 @@ impl Sandbox {
     /// it is left.
     pub async fn boot(config: &Config, options: SandboxOptions) -> Result<Self, Error> {
         let id = options.id.clone();
+        let begun = std::time::Instant::now();
         // Before any VMM or vhost-user thread starts: they read it when they start.
         husk_vmm::seccomp::set_enabled(config.vmm.seccomp);
         let host = husk_vmm::machine::HostCheck::run();
@@ -146,6 +148,7 @@ impl Sandbox {
         let network = wire_network(options.network.clone()).await?;
         tracing::info!(
             stage = "network",
+            ms = vm::stage_ms(begun),
             sandbox = %id,
             nics = network.nics().len(),
             routes = network.scan().routes.len(),
@@ -221,6 +224,7 @@ impl Sandbox {
     }
 
     async fn set_up_guest(&self, options: &SandboxOptions) -> Result<(), Error> {
+        let begun = std::time::Instant::now();
         self.configure_network().await?;
         let storage = Storage {
             driver: "virtiofs".into(),
@@ -246,6 +250,7 @@ impl Sandbox {
                     agent_message(&e)
                 ))
             })?;
+        tracing::info!(stage = "sandbox-created", ms = vm::stage_ms(begun), sandbox = %self.id, "sandbox created");
         Ok(())
     }
 
@@ -265,6 +270,7 @@ impl Sandbox {
                 self.id
             )));
         }
+        let begun = std::time::Instant::now();
         let guest = guest_spec::translate(&bundle.spec, id, &bundle.rootfs)
             .map_err(|e| Error::new(e.to_string()))?;
         let share = Share::mount(&self.vm.dir().shared_dir(), &guest.binds)
@@ -296,7 +302,7 @@ impl Sandbox {
             )));
         }
         self.shares.insert(id.to_owned(), share);
-        tracing::info!(stage = "container-created", sandbox = %self.id, container = id, "container created");
+        tracing::info!(stage = "container-created", ms = vm::stage_ms(begun), sandbox = %self.id, container = id, "container created");
         Ok(())
     }
 

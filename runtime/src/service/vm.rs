@@ -1,19 +1,20 @@
 //! One sandbox's VM from boot to teardown: the sandbox directory, the
 //! hypervisor running the VM, and the agent connection.
 //!
-//! [`SandboxVm::boot`] creates the directory, starts the VM and connects to
-//! the agent; [`SandboxVm::shutdown`] asks the agent to destroy the sandbox
+//! [`SandboxVm::boot`] creates the directory, listens for the guest's ready
+//! line, starts the VM, and connects to the agent once the guest said it is
+//! ready (no polling through the boot); [`SandboxVm::shutdown`] asks the agent to destroy the sandbox
 //! (the guest then powers off), waits for the VM to end (killing it after a
 //! grace period), stops the device backends and removes the directory.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use husk_protocol::agent::DestroySandboxRequest;
 use husk_protocol::agent_ttrpc::AgentServiceClient;
 use husk_protocol::ttrpc::context;
 use husk_protocol::AGENT_VSOCK_PORT;
 
-use crate::agent_client;
+use crate::agent_client::{self, ReadyListener};
 use crate::hypervisor::{self, Hypervisor, Stopped, VmExit, VmSpec};
 use crate::sandbox_dir::{self, SandboxDir};
 
@@ -67,16 +68,28 @@ pub struct SandboxVm {
 }
 
 impl SandboxVm {
-    /// Creates `spec.sandbox`, boots the VM and connects to its agent,
-    /// waiting up to `agent_timeout` for it. On failure the VM is stopped and
-    /// the directory removed.
+    /// Creates `spec.sandbox`, boots the VM and connects to its agent once
+    /// the guest says it is ready, waiting up to `agent_timeout` for that.
+    /// On failure the VM is stopped and the directory removed.
     pub async fn boot(
         mut hypervisor: Box<dyn Hypervisor>,
         spec: VmSpec,
         agent_timeout: Duration,
     ) -> Result<Self, Error> {
+        let begun = Instant::now();
         spec.sandbox.create()?;
         let dir = spec.sandbox.clone();
+        // Listening before the VM starts, so the guest's line cannot be early.
+        let ready = match ReadyListener::bind(&dir.vsock_socket()) {
+            Ok(ready) => ready,
+            Err(source) => {
+                let _ = dir.remove();
+                return Err(Error::Agent {
+                    source,
+                    console: String::new(),
+                });
+            }
+        };
         let started = match blocking(move || {
             let r = hypervisor.start(&spec);
             (hypervisor, r)
@@ -97,22 +110,38 @@ impl SandboxVm {
             let _ = dir.remove();
             return Err(e.into());
         }
-        tracing::info!(stage = "vm-started", "VM started");
+        tracing::info!(stage = "vm-started", ms = stage_ms(begun), "VM started");
+        let booting = Instant::now();
         let socket = dir.vsock_socket();
-        let connect = agent_client::connect(&socket, AGENT_VSOCK_PORT, agent_timeout);
+        let connect = async {
+            ready.wait(agent_timeout).await?;
+            tracing::info!(
+                stage = "agent-ready",
+                ms = stage_ms(booting),
+                "the guest says ready"
+            );
+            let connecting = Instant::now();
+            // The agent listens by now: this connects at the first attempt.
+            let remaining = agent_timeout.saturating_sub(booting.elapsed());
+            let agent = agent_client::connect(&socket, AGENT_VSOCK_PORT, remaining).await?;
+            tracing::info!(
+                stage = "agent-answers",
+                ms = stage_ms(connecting),
+                "agent answers"
+            );
+            Ok::<_, agent_client::Error>(agent)
+        };
         let connected = tokio::select! {
             r = connect => Ok(r),
             exit = vm_ended(hypervisor.as_mut(), BOOT_POLL) => Err(exit),
         };
+        drop(ready);
         match connected {
-            Ok(Ok(agent)) => {
-                tracing::info!(stage = "agent-answers", "agent answers");
-                Ok(Self {
-                    dir,
-                    hypervisor: std::sync::Mutex::new(hypervisor),
-                    agent,
-                })
-            }
+            Ok(Ok(agent)) => Ok(Self {
+                dir,
+                hypervisor: std::sync::Mutex::new(hypervisor),
+                agent,
+            }),
             Err(exit) => {
                 let console = dir.console_tail();
                 let hypervisor_said = dir.hypervisor_log_tail();
@@ -194,6 +223,11 @@ async fn teardown(
     let stopped = stopped?;
     removed?;
     Ok(stopped)
+}
+
+/// Milliseconds since `since`, for a stage's `ms` field.
+pub fn stage_ms(since: Instant) -> f64 {
+    (since.elapsed().as_secs_f64() * 1e5).round() / 100.0
 }
 
 /// `hypervisor`'s words for an error message, if it said anything.
@@ -326,7 +360,7 @@ mod tests {
         };
         match &err {
             Error::Agent { source, console } => {
-                assert!(matches!(source, agent_client::Error::Timeout { .. }));
+                assert!(matches!(source, agent_client::Error::NotReady { .. }));
                 assert_eq!(console, "Kernel panic");
             }
             other => panic!("expected an agent error, got {other}"),

@@ -441,10 +441,22 @@ impl Inner {
         }
         let agent = self.agent()?;
         if exec_id.is_empty() {
+            let begun = std::time::Instant::now();
             agent
                 .start_container(ctx(), &container_request(id))
                 .await
                 .map_err(|e| agent_error("starting the container", &e))?;
+            tracing::info!(
+                stage = "started",
+                ms = crate::service::vm::stage_ms(begun),
+                container = id,
+                "container started"
+            );
+            // The guest's stages, as `husk start` logs them: one more call,
+            // only when someone reads info logs.
+            if tracing::enabled!(tracing::Level::INFO) {
+                crate::service::boot_stages::log(&agent, id).await;
+            }
         } else {
             agent
                 .exec_process(
