@@ -167,7 +167,8 @@ fn an_absurd_body_length_is_refused_before_reading_it() {
 
 #[test]
 fn impossible_values_with_a_good_checksum_are_refused() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut MachineState)>)> = vec![
+    type Breaker = Box<dyn Fn(&mut MachineState)>;
+    let cases: Vec<(&str, Breaker)> = vec![
         ("vCPU states for", Box::new(|s| s.vcpus = 2)),
         ("0 vCPUs", Box::new(|s| s.vcpus = 0)),
         ("MiB of guest memory", Box::new(|s| s.memory_mib = 1)),
