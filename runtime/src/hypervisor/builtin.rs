@@ -241,6 +241,34 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_snapshot_is_refused_and_nothing_is_left_running() {
+        let root = tempfile::tempdir().unwrap();
+        let s = spec(root.path());
+        std::fs::write(&s.kernel, b"").unwrap();
+        std::fs::write(&s.initrd, b"").unwrap();
+        s.sandbox.create().unwrap();
+        let mut b = Builtin::new();
+        let paths = SnapshotPaths::new(root.path().join("no-template"));
+        let err = b.start_restored(&s, &paths, "key").unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                Error::Machine(husk_vmm::machine::Error::Snapshot(
+                    husk_vmm::machine::SnapshotError::Io { .. }
+                ))
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("no-template"), "{err}");
+        assert_eq!(b.wait(Duration::ZERO).unwrap(), None);
+        assert!(b.snapshot(&paths, "key").is_err(), "no VM to save");
+        assert!(
+            !s.sandbox.vsock_socket().exists(),
+            "the listener was dropped"
+        );
+    }
+
+    #[test]
     fn missing_files_or_sandbox_fail_before_anything_is_created() {
         let root = tempfile::tempdir().unwrap();
         let s = spec(root.path());
