@@ -73,6 +73,30 @@ async fn agent_answers(spec: &VmSpec, since: Instant) -> Result<(Duration, Strin
     ))
 }
 
+/// RSS, PSS and private dirty kB of this process's mappings of `file`
+/// (one per restored VM's RAM range), from /proc/self/smaps.
+fn mapped(file: &Path) -> Result<(u64, u64, u64)> {
+    let file = std::fs::canonicalize(file)?;
+    let smaps = std::fs::read_to_string("/proc/self/smaps")?;
+    let (mut inside, mut rss, mut pss, mut dirty) = (false, 0, 0, 0);
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or_default();
+        if first.contains('-') && !first.ends_with(':') {
+            inside = line.ends_with(&*file.to_string_lossy());
+            continue;
+        }
+        let kb: u64 = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+        match (inside, first) {
+            (true, "Rss:") => rss += kb,
+            (true, "Pss:") => pss += kb,
+            (true, "Private_Dirty:") => dirty += kb,
+            _ => {}
+        }
+    }
+    Ok((rss, pss, dirty))
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     let args: Vec<PathBuf> = std::env::args_os().skip(1).map(PathBuf::from).collect();
@@ -113,6 +137,14 @@ async fn main() -> Result<()> {
         println!("ok - {id}: agent answers {time:?} after restore ({guest})");
         restored.push(vm);
     }
+    let (rss, pss, dirty) = mapped(&paths.memory())?;
+    println!(
+        "ok - {} restored VMs map the template: RSS {} MiB, PSS {} MiB, private dirty {} MiB",
+        restored.len(),
+        rss >> 10,
+        pss >> 10,
+        dirty >> 10
+    );
     for mut vm in restored {
         vm.stop(Duration::ZERO)?;
     }
