@@ -501,6 +501,28 @@ check "a silent guest is given up after its boot timeout" "took $silent_took s" 
 left=$(leftovers)
 check "failed boots leave nothing behind" "$left" test -z "$left"
 
+# ---- snapshots: a booted guest saved, restored into two new sandboxes ----
+
+# The builtin VMM's snapshot path on the real guest (runtime/examples/
+# snapshot_probe.rs, built by `make build`): cold boot until the agent
+# answers, pause and save, then two restores on their own sockets and
+# shares whose agents must answer for the same guest.
+probe=$(dirname "$HUSK")/examples/snapshot_probe
+if [[ -x $probe ]]; then
+    t0=$(date +%s)
+    "$probe" "$KERNEL" "$INITRD" "$W/snapshot" >"$W/snapshot.out" 2>"$W/snapshot.err"
+    probe_status=$?
+    sed 's/^/# /' "$W/snapshot.out"
+    log "snapshot probe took $(elapsed "$t0")"
+    for c in "$W"/snapshot/sandboxes/*/console.log; do
+        [[ -f $c ]] && cp "$c" "$OUT/console-snapshot-$(basename "$(dirname "$c")").log"
+    done
+    check "snapshot: a booted guest is saved, restored twice, and each agent answers" \
+        "exit $probe_status: $(tail -n 5 "$W/snapshot.err")" test "$probe_status" -eq 0
+else
+    not_ok "snapshot: a booted guest is saved, restored twice, and each agent answers" "no $probe (make build)"
+fi
+
 # ---- what the guests made L1's KVM say ----
 
 dmesg >"$OUT/l1-dmesg-suite.log"

@@ -8,36 +8,15 @@
 //! builtin-backend tests.
 
 use std::fs;
-use std::io::Write;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use husk_vmm::machine::{EntryPoint, Error, ExitReason, HostCheck, Vm, VmConfig};
 use husk_vmm::test_support::{
-    self as payload, kvm_usable, one_vm_at_a_time, u32_at, u64_at, vcpu_threads_settled, Kernel,
-    Payload,
+    self as payload, kvm_usable, one_vm_at_a_time, u32_at, u64_at, vcpu_threads_settled, Console,
+    Kernel, Payload,
 };
 use husk_vmm::virtio::{ActivateError, Activation, InterruptKind, VirtioDevice};
-
-/// Console sink the test can read back.
-#[derive(Clone, Default)]
-struct Console(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Console {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Console {
-    fn bytes(&self) -> Vec<u8> {
-        self.0.lock().unwrap().clone()
-    }
-}
 
 /// Boots `kernel` with `config` and waits for the guest to end the VM.
 fn boot(config: VmConfig) -> (ExitReason, Vm) {

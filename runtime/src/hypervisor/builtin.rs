@@ -15,7 +15,7 @@ use std::time::Duration;
 use husk_vmm::devices::fs::{FsConfig, FsDevice, FsMmioDevice};
 use husk_vmm::devices::net::NetMmioDevice;
 use husk_vmm::devices::vsock::VsockMmioDevice;
-use husk_vmm::machine::{ExitReason, Vm, VmConfig};
+use husk_vmm::machine::{ExitReason, RestoreConfig, SnapshotPaths, Vm, VmConfig};
 use husk_vmm::virtio::VirtioDevice;
 
 use super::{
@@ -49,8 +49,9 @@ impl Builtin {
     }
 }
 
-/// Builds (but does not start) the VM for `spec`.
-fn build(spec: &VmSpec) -> Result<Vm, Error> {
+/// The console sink and virtio devices of `spec`'s VM, on its own sockets,
+/// share and taps.
+fn devices(spec: &VmSpec) -> Result<(File, Vec<Box<dyn VirtioDevice>>), Error> {
     let dir = &spec.sandbox;
     let console_path = dir.console_log();
     let console = File::create(&console_path).map_err(|source| Error::LogFile {
@@ -81,7 +82,12 @@ fn build(spec: &VmSpec) -> Result<Vm, Error> {
             NetMmioDevice::new(tap, nic.config).map_err(net_error)?,
         ));
     }
+    Ok((console, devices))
+}
 
+/// Builds (but does not start) the VM for `spec`.
+fn build(spec: &VmSpec) -> Result<Vm, Error> {
+    let (console, devices) = devices(spec)?;
     let mut config = VmConfig::new(&spec.kernel);
     config.vcpus = u32::from(spec.vcpus);
     config.memory_mib = u64::from(spec.memory_mib);
@@ -96,6 +102,54 @@ fn build(spec: &VmSpec) -> Result<Vm, Error> {
         "building the builtin VM"
     );
     Vm::new(config).map_err(Error::Machine)
+}
+
+impl Builtin {
+    /// Pauses the running VM and saves it to `paths`, tagged `key`; the VM
+    /// stays paused (stop it, or resume it with [`resume`](Self::resume)).
+    /// The guest must have no vsock connection open.
+    pub fn snapshot(&mut self, paths: &SnapshotPaths, key: &str) -> Result<(), Error> {
+        let running = self
+            .vm
+            .as_mut()
+            .ok_or(Error::Machine(husk_vmm::machine::Error::NotRunning))?;
+        running.vm.pause().map_err(Error::Machine)?;
+        running.vm.snapshot(paths, key).map_err(Error::Machine)
+    }
+
+    /// Lets a VM paused by [`snapshot`](Self::snapshot) run again.
+    pub fn resume(&mut self) -> Result<(), Error> {
+        let running = self
+            .vm
+            .as_mut()
+            .ok_or(Error::Machine(husk_vmm::machine::Error::NotRunning))?;
+        running.vm.resume().map_err(Error::Machine)
+    }
+
+    /// Starts `spec`'s VM from the snapshot at `paths` (made with `key`)
+    /// instead of booting it: the saved guest continues on this spec's own
+    /// vsock socket, share and console. The spec's vCPUs and memory must be
+    /// the snapshot's (the key should say so); a snapshot that does not fit
+    /// is refused with [`Error::Machine`] and nothing is left running.
+    pub fn start_restored(
+        &mut self,
+        spec: &VmSpec,
+        paths: &SnapshotPaths,
+        key: &str,
+    ) -> Result<(), Error> {
+        if self.vm.is_some() {
+            return Err(Error::AlreadyRunning);
+        }
+        check_spec(spec)?;
+        let (console, devices) = devices(spec)?;
+        let mut config = RestoreConfig::new(paths.clone(), key);
+        config.devices = devices;
+        config.console = Box::new(console);
+        let mut vm = Vm::restore(config).map_err(Error::Machine)?;
+        vm.start().map_err(Error::Machine)?;
+        self.vm = Some(RunningVm { vm, exit: None });
+        Ok(())
+    }
 }
 
 impl Hypervisor for Builtin {
@@ -184,6 +238,34 @@ mod tests {
         assert_eq!(b.wait(Duration::ZERO).unwrap(), None);
         assert_eq!(b.stop(Duration::ZERO).unwrap(), Stopped::NotRunning);
         assert_eq!(b.pid(), None);
+    }
+
+    #[test]
+    fn a_missing_snapshot_is_refused_and_nothing_is_left_running() {
+        let root = tempfile::tempdir().unwrap();
+        let s = spec(root.path());
+        std::fs::write(&s.kernel, b"").unwrap();
+        std::fs::write(&s.initrd, b"").unwrap();
+        s.sandbox.create().unwrap();
+        let mut b = Builtin::new();
+        let paths = SnapshotPaths::new(root.path().join("no-template"));
+        let err = b.start_restored(&s, &paths, "key").unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                Error::Machine(husk_vmm::machine::Error::Snapshot(
+                    husk_vmm::machine::SnapshotError::Io { .. }
+                ))
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("no-template"), "{err}");
+        assert_eq!(b.wait(Duration::ZERO).unwrap(), None);
+        assert!(b.snapshot(&paths, "key").is_err(), "no VM to save");
+        assert!(
+            !s.sandbox.vsock_socket().exists(),
+            "the listener was dropped"
+        );
     }
 
     #[test]

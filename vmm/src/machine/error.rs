@@ -98,6 +98,9 @@ pub enum Error {
     /// `pause`/`resume` on a VM that is not running.
     #[error("the VM is not running")]
     NotRunning,
+    /// A snapshot could not be taken, or was refused on load.
+    #[error("snapshot: {0}")]
+    Snapshot(#[from] super::snapshot::SnapshotError),
 }
 
 /// Shorthand for KVM ioctl errors.

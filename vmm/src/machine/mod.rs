@@ -19,6 +19,7 @@ mod memory;
 mod mptable;
 mod pmu;
 mod regs;
+mod snapshot;
 mod vcpu;
 mod vm;
 
@@ -30,4 +31,5 @@ pub use lifecycle::ExitReason;
 pub use memory::{MAX_MEMORY_MIB, MIN_MEMORY_MIB};
 pub use mptable::MAX_VCPUS;
 pub use regs::EntryPoint;
-pub use vm::Vm;
+pub use snapshot::{SnapshotError, SnapshotPaths, FORMAT_VERSION as SNAPSHOT_FORMAT_VERSION};
+pub use vm::{RestoreConfig, Vm};

@@ -1,6 +1,6 @@
 //! One vCPU: its boot configuration and the thread that runs it.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{
     CpuId, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
@@ -47,9 +47,13 @@ pub struct Buses {
     pub mmio: Bus,
 }
 
+/// A vCPU shared between its thread (which locks it around each
+/// `KVM_RUN`) and the VM, which reads its state while it is parked.
+pub type SharedVcpu = Arc<Mutex<VcpuFd>>;
+
 /// Runs vCPU `index` until the VM ends; the body of a vCPU thread. Its
 /// seccomp filter goes on before the first `KVM_RUN`.
-pub fn run(mut vcpu: VcpuFd, index: u32, buses: Buses, control: Arc<Control>) {
+pub fn run(vcpu: SharedVcpu, index: u32, buses: Buses, control: Arc<Control>) {
     if let Err(e) = seccomp::apply(ThreadKind::Vcpu) {
         control.request_exit(ExitReason::VcpuError {
             vcpu: index,
@@ -59,7 +63,11 @@ pub fn run(mut vcpu: VcpuFd, index: u32, buses: Buses, control: Arc<Control>) {
         return;
     }
     while control.vcpu_may_run() {
-        if let Some(reason) = run_once(&mut vcpu, index, &buses) {
+        let exit = {
+            let mut vcpu = vcpu.lock().unwrap_or_else(|e| e.into_inner());
+            run_once(&mut vcpu, index, &buses)
+        };
+        if let Some(reason) = exit {
             control.request_exit(reason);
         }
     }

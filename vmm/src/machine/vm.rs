@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
-use kvm_ioctls::{IoEventAddress, Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
 use linux_loader::cmdline::Cmdline;
 use tracing::{debug, info};
 use vm_memory::{GuestMemory, GuestMemoryAtomic, GuestMemoryMmap, GuestMemoryRegion};
@@ -30,7 +30,7 @@ use super::legacy::{IrqTrigger, SerialDevice};
 use super::lifecycle::{install_kick_handler, Control, ExitReason};
 use super::mptable::{self, MAX_VCPUS};
 use super::pmu;
-use super::vcpu::{self, Buses};
+use super::vcpu::{self, Buses, SharedVcpu};
 use super::{memory, regs};
 use crate::seccomp;
 use crate::virtio::{MmioTransport, VirtioDevice, QUEUE_NOTIFY_OFFSET};
@@ -38,18 +38,24 @@ use crate::virtio::{MmioTransport, VirtioDevice, QUEUE_NOTIFY_OFFSET};
 /// Where KVM may put the TSS it needs for real-mode emulation on Intel.
 const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 
+mod save_restore;
+pub use save_restore::RestoreConfig;
+
 /// A microVM running in the calling process.
 pub struct Vm {
     // Field order is drop order: threads first, then devices, then KVM.
     threads: Vec<JoinHandle<()>>,
     control: Arc<Control>,
-    pending_vcpus: Vec<VcpuFd>,
+    vcpus: Vec<SharedVcpu>,
     buses: Buses,
     transports: Vec<Arc<Mutex<MmioTransport>>>,
+    serial: Arc<Mutex<SerialDevice>>,
     boot: BootLayout,
     started: bool,
+    memory_mib: u64,
     mem: GuestMemoryMmap,
-    _vm: VmFd,
+    vm: VmFd,
+    kvm_sys: Kvm,
 }
 
 impl Vm {
@@ -57,18 +63,7 @@ impl Vm {
     /// and sets up devices and vCPUs. No guest code runs until
     /// [`start`](Self::start); any error leaves nothing behind.
     pub fn new(config: VmConfig) -> Result<Self> {
-        if config.vcpus == 0 {
-            return Err(Error::NoVcpus);
-        }
-        if config.vcpus > MAX_VCPUS {
-            return Err(Error::TooManyVcpus {
-                requested: config.vcpus,
-                max: MAX_VCPUS,
-            });
-        }
-        if config.devices.len() > layout::MAX_VIRTIO_DEVICES {
-            return Err(Error::TooManyDevices(config.devices.len()));
-        }
+        check_counts(config.vcpus, config.devices.len())?;
         let mem = memory::create(config.memory_mib, config.hugepages, config.memory_backing)?;
         let cmdline = build_cmdline(&config.cmdline, config.devices.len())?;
         let boot = boot::load(
@@ -82,23 +77,9 @@ impl Vm {
         mptable::write(&mem, config.vcpus)?;
         debug!(?boot, "kernel loaded");
 
-        install_kick_handler().map_err(Error::Thread)?;
-        let kvm_sys = Kvm::new().map_err(kvm("open /dev/kvm"))?;
-        let vm = kvm_sys.create_vm().map_err(kvm("KVM_CREATE_VM"))?;
-        vm.set_tss_address(KVM_TSS_ADDRESS)
-            .map_err(kvm("KVM_SET_TSS_ADDR"))?;
-        vm.create_irq_chip().map_err(kvm("KVM_CREATE_IRQCHIP"))?;
-        vm.create_pit2(kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        })
-        .map_err(kvm("KVM_CREATE_PIT2"))?;
-        register_memory(&vm, &mem)?;
-        pmu::deny_legacy_counters(&kvm_sys, &vm);
-
+        let (kvm_sys, vm) = create_machine(&mem)?;
         let control = Arc::new(Control::new(config.vcpus as usize));
-        let (buses, transports) =
-            create_devices(&vm, &mem, &control, config.console, config.devices)?;
+        let devices = create_devices(&vm, &mem, &control, config.console, config.devices)?;
 
         let mut supported = kvm_sys
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -112,18 +93,21 @@ impl Vm {
                 .create_vcpu(u64::from(index))
                 .map_err(kvm("KVM_CREATE_VCPU"))?;
             vcpu::configure(&fd, index, count, &supported, boot.entry)?;
-            vcpus.push(fd);
+            vcpus.push(Arc::new(Mutex::new(fd)));
         }
         Ok(Self {
             threads: Vec::new(),
             control,
-            pending_vcpus: vcpus,
-            buses,
-            transports,
+            vcpus,
+            buses: devices.buses,
+            transports: devices.transports,
+            serial: devices.serial,
             boot,
             started: false,
+            memory_mib: config.memory_mib,
             mem,
-            _vm: vm,
+            vm,
+            kvm_sys,
         })
     }
 
@@ -137,10 +121,7 @@ impl Vm {
         // thread), and the spawner must be created by this unfiltered thread.
         seccomp::prepare().map_err(Error::Seccomp)?;
         seccomp::spawner::init().map_err(Error::Thread)?;
-        for (index, fd) in std::mem::take(&mut self.pending_vcpus)
-            .into_iter()
-            .enumerate()
-        {
+        for (index, fd) in self.vcpus.iter().cloned().enumerate() {
             let buses = self.buses.clone();
             let control = self.control.clone();
             let spawned = std::thread::Builder::new()
@@ -269,6 +250,42 @@ fn build_cmdline(base: &str, devices: usize) -> Result<Cmdline> {
     Ok(cmdline)
 }
 
+/// Checks the vCPU and device counts a machine is built with.
+fn check_counts(vcpus: u32, devices: usize) -> Result<()> {
+    if vcpus == 0 {
+        return Err(Error::NoVcpus);
+    }
+    if vcpus > MAX_VCPUS {
+        return Err(Error::TooManyVcpus {
+            requested: vcpus,
+            max: MAX_VCPUS,
+        });
+    }
+    if devices > layout::MAX_VIRTIO_DEVICES {
+        return Err(Error::TooManyDevices(devices));
+    }
+    Ok(())
+}
+
+/// The KVM VM around `mem`: in-kernel interrupt controllers and PIT, RAM
+/// registered, legacy PMU counters denied. No vCPU yet.
+fn create_machine(mem: &GuestMemoryMmap) -> Result<(Kvm, VmFd)> {
+    install_kick_handler().map_err(Error::Thread)?;
+    let kvm_sys = Kvm::new().map_err(kvm("open /dev/kvm"))?;
+    let vm = kvm_sys.create_vm().map_err(kvm("KVM_CREATE_VM"))?;
+    vm.set_tss_address(KVM_TSS_ADDRESS)
+        .map_err(kvm("KVM_SET_TSS_ADDR"))?;
+    vm.create_irq_chip().map_err(kvm("KVM_CREATE_IRQCHIP"))?;
+    vm.create_pit2(kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    })
+    .map_err(kvm("KVM_CREATE_PIT2"))?;
+    register_memory(&vm, mem)?;
+    pmu::deny_legacy_counters(&kvm_sys, &vm);
+    Ok((kvm_sys, vm))
+}
+
 fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<()> {
     for (slot, region) in mem.iter().enumerate() {
         let host = mem
@@ -288,7 +305,12 @@ fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<()> {
     Ok(())
 }
 
-type Transports = Vec<Arc<Mutex<MmioTransport>>>;
+/// The devices of a machine and the buses that reach them.
+struct Devices {
+    buses: Buses,
+    transports: Vec<Arc<Mutex<MmioTransport>>>,
+    serial: Arc<Mutex<SerialDevice>>,
+}
 
 fn create_devices(
     vm: &VmFd,
@@ -296,12 +318,12 @@ fn create_devices(
     control: &Arc<Control>,
     console: Box<dyn std::io::Write + Send>,
     devices: Vec<Box<dyn VirtioDevice>>,
-) -> Result<(Buses, Transports)> {
+) -> Result<Devices> {
     let mut pio = Bus::default();
     let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(Error::Device)?;
     vm.register_irqfd(&serial_irq, SERIAL_IRQ)
         .map_err(kvm("KVM_IRQFD"))?;
-    let serial: SharedDevice = Arc::new(Mutex::new(SerialDevice::new(serial_irq, console)));
+    let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, console)));
     let irq_trigger = |irq| -> Result<IrqTrigger> {
         let fd = EventFd::new(EFD_NONBLOCK).map_err(Error::Device)?;
         vm.register_irqfd(&fd, irq).map_err(kvm("KVM_IRQFD"))?;
@@ -313,7 +335,7 @@ fn create_devices(
         irq_trigger(I8042_AUX_IRQ)?,
     )));
     // Fixed, disjoint port ranges: inserting cannot fail.
-    pio.insert(u64::from(SERIAL_PORT), 8, serial);
+    pio.insert(u64::from(SERIAL_PORT), 8, serial.clone());
     pio.insert(u64::from(I8042_DATA_PORT), I8042_PORT_COUNT, i8042);
     let cmos: SharedDevice = Arc::new(Mutex::new(Cmos::new()));
     pio.insert(u64::from(CMOS_PORT), CMOS_PORT_COUNT, cmos);
@@ -339,7 +361,11 @@ fn create_devices(
         mmio.insert(addr, VIRTIO_MMIO_SIZE, transport.clone());
         transports.push(transport);
     }
-    Ok((Buses { pio, mmio }, transports))
+    Ok(Devices {
+        buses: Buses { pio, mmio },
+        transports,
+        serial,
+    })
 }
 
 #[cfg(test)]

@@ -461,5 +461,8 @@ impl MmioTransport {
     }
 }
 
+mod state;
 #[cfg(test)]
 mod tests;
+
+pub use state::{QueueSnapshot, TransportState, CONFIG_SNAPSHOT_LEN};

@@ -15,5 +15,8 @@ pub use device::{
     read_config_bytes, ActivateError, Activation, ActiveQueue, InterruptKind, VirtioDevice,
     VirtioInterrupt, VirtioMemory,
 };
-pub use mmio::{MmioInterrupt, MmioTransport, MMIO_MAGIC, MMIO_VERSION, QUEUE_NOTIFY_OFFSET};
+pub use mmio::{
+    MmioInterrupt, MmioTransport, QueueSnapshot, TransportState, CONFIG_SNAPSHOT_LEN, MMIO_MAGIC,
+    MMIO_VERSION, QUEUE_NOTIFY_OFFSET,
+};
 pub use worker::{notify_queue, wait_readable, Worker};

@@ -386,3 +386,133 @@ fn narrow_register_access_is_ignored() {
     f.transport.write(STATUS, &[1]);
     assert_eq!(rd(&mut f.transport, STATUS), 0);
 }
+
+/// A running device with queue 0 set up, two buffers used and a third
+/// made available but not yet taken.
+fn running_with_one_pending(f: &mut Fixture) -> MockSplitQueue<'_, GuestMemoryMmap> {
+    let mut q0 = MockSplitQueue::create(&f.mem, GuestAddress(0x1000), QUEUE_MAX);
+    negotiate(&mut f.transport, VERSION_1 | TEST_FEATURE);
+    setup_queue(&mut f.transport, 0, &q0);
+    wr(
+        &mut f.transport,
+        STATUS,
+        NEGOTIATED | VIRTIO_CONFIG_S_DRIVER_OK,
+    );
+    let active = f.seen.lock().unwrap().queues.pop().unwrap();
+    let mut queue = active.queue;
+    for _ in 0..2 {
+        q0.add_chain(1).unwrap();
+        let head = queue.iter(&f.mem).unwrap().next().unwrap().head_index();
+        queue.add_used(&f.mem, head, 0).unwrap();
+    }
+    q0.add_chain(1).unwrap();
+    q0
+}
+
+#[test]
+fn quiesced_transport_saves_queue_positions_from_the_used_ring() {
+    let mut f = fixture();
+    let _q0 = running_with_one_pending(&mut f);
+    f.transport.quiesce();
+    assert_eq!(f.seen.lock().unwrap().resets, 1, "the device was stopped");
+    let state = f.transport.save_state();
+    assert_eq!(state.device_type, TEST_DEVICE_TYPE);
+    assert_eq!(state.status, NEGOTIATED | VIRTIO_CONFIG_S_DRIVER_OK);
+    assert_eq!(state.driver_features, VERSION_1 | TEST_FEATURE);
+    assert_eq!(&state.config[..8], &[1, 2, 3, 4, 5, 6, 7, 8]);
+    let q = state.queues[0];
+    assert!(q.ready);
+    assert_eq!((q.size, q.next_avail, q.next_used), (QUEUE_MAX, 2, 2));
+    assert!(!state.queues[1].ready);
+    state.validate().unwrap();
+
+    // Resuming starts the same device again where it stopped.
+    f.transport.resume_device().unwrap();
+    let active = f.seen.lock().unwrap().queues.remove(0);
+    assert_eq!(active.notifier.read().unwrap(), 1, "kicked once");
+    let mut queue = active.queue;
+    assert_eq!(queue.next_avail(), 2);
+    assert_eq!(queue.iter(&f.mem).unwrap().count(), 1, "the pending buffer");
+}
+
+#[test]
+fn restored_transport_starts_its_new_device_at_the_saved_positions() {
+    let mut f = fixture();
+    let _q0 = running_with_one_pending(&mut f);
+    f.transport.quiesce();
+    let state = f.transport.save_state();
+
+    // A new backend on the same guest memory, as after a restore.
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let device = TestDevice {
+        seen: seen.clone(),
+        config: [1, 2, 3, 4, 5, 6, 7, 8],
+        refuse: false,
+    };
+    let mut restored =
+        MmioTransport::new(Box::new(device), VirtioMemory::new(f.mem.clone())).unwrap();
+    restored.restore_state(&state).unwrap();
+    assert_eq!(
+        rd(&mut restored, STATUS),
+        NEGOTIATED | VIRTIO_CONFIG_S_DRIVER_OK
+    );
+    wr(&mut restored, QUEUE_SEL, 0);
+    assert_eq!(rd(&mut restored, QUEUE_READY), 1);
+    let mut seen = seen.lock().unwrap();
+    assert_eq!(seen.activated_features, Some(VERSION_1 | TEST_FEATURE));
+    let active = seen.queues.remove(0);
+    assert_eq!(active.notifier.read().unwrap(), 1, "kicked once");
+    let mut queue = active.queue;
+    assert_eq!((queue.next_avail(), queue.next_used()), (2, 2));
+    assert_eq!(queue.iter(&f.mem).unwrap().count(), 1, "the pending buffer");
+}
+
+#[test]
+fn restore_onto_another_device_or_bad_state_is_refused() {
+    let mut f = fixture();
+    let _q0 = running_with_one_pending(&mut f);
+    f.transport.quiesce();
+    let state = f.transport.save_state();
+    let onto = |config: [u8; 8], state: &TransportState| {
+        let device = TestDevice {
+            seen: Arc::new(Mutex::new(Seen::default())),
+            config,
+            refuse: false,
+        };
+        let mut t = MmioTransport::new(Box::new(device), VirtioMemory::new(f.mem.clone())).unwrap();
+        t.restore_state(state).map(|()| t)
+    };
+    let err = onto([9; 8], &state).err().unwrap();
+    assert!(err.contains("configuration space"), "{err}");
+    let mut other = state.clone();
+    other.device_type = 19;
+    assert!(onto([1, 2, 3, 4, 5, 6, 7, 8], &other)
+        .err()
+        .unwrap()
+        .contains("device type 19"));
+    let mut other = state.clone();
+    other.device_features |= 1 << 5;
+    assert!(onto([1, 2, 3, 4, 5, 6, 7, 8], &other)
+        .err()
+        .unwrap()
+        .contains("features"));
+    let mut other = state.clone();
+    other.queues.pop();
+    assert!(onto([1, 2, 3, 4, 5, 6, 7, 8], &other)
+        .err()
+        .unwrap()
+        .contains("1 queues saved"));
+    let mut other = state.clone();
+    other.queues[0].size = 3;
+    assert!(onto([1, 2, 3, 4, 5, 6, 7, 8], &other)
+        .err()
+        .unwrap()
+        .contains("invalid queue"));
+    let mut other = state;
+    other.queues[0].max_size = 8;
+    other.queues[0].size = 8;
+    assert!(onto([1, 2, 3, 4, 5, 6, 7, 8], &other)
+        .err()
+        .unwrap()
+        .contains("maximum size 8"));
+}
