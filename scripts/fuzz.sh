@@ -48,7 +48,9 @@ mkdir -p "$out"
 echo "fuzz: building ${targets[*]} (target dir $target_dir)"
 # -a: debug assertions and overflow checks, so arithmetic on guest values
 # that wraps is a finding, not a silent wrap.
-(cd fuzz && "${cargo[@]}" fuzz build -a --target-dir "$target_dir")
+# --features agent: the agent_replies target (it needs husk-runtime).
+flags=(-a --features agent --target-dir "$target_dir")
+(cd fuzz && "${cargo[@]}" fuzz build "${flags[@]}")
 
 rows=()
 failed=0
@@ -61,10 +63,11 @@ for target in "${targets[@]}"; do
     echo "fuzz: running $target for $seconds s (log: $log)"
     status=0
     # -timeout: one input taking 30 s is a hang; -rss_limit_mb: ASan's
-    # shadow memory included.
-    (cd fuzz && "${cargo[@]}" fuzz run -a --target-dir "$target_dir" "$target" \
+    # shadow memory included; -len_control=0: inputs are operation lists,
+    # so they may be long from the start rather than grow slowly.
+    (cd fuzz && "${cargo[@]}" fuzz run "${flags[@]}" "$target" \
         "$corpus" "$repo/fuzz/corpus/$target" -- \
-        -max_total_time="$seconds" -timeout=30 -rss_limit_mb=4096 \
+        -max_total_time="$seconds" -timeout=30 -rss_limit_mb=4096 -len_control=0 -max_len=2048 \
         -artifact_prefix="$artifacts/" -print_final_stats=1) >"$log" 2>&1 || status=$?
     execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
     found=$(find "$artifacts" -type f \( -name 'crash-*' -o -name 'leak-*' -o -name 'timeout-*' -o -name 'oom-*' \) | wc -l)

@@ -127,6 +127,9 @@ struct Guest {
     handles: Vec<u64>,
     /// The queue refused to go on (the device returned an error).
     broken: bool,
+    /// The driver lied about the available index: the device may have
+    /// served stale entries, so used lengths no longer pair with requests.
+    lied: bool,
 }
 
 impl Guest {
@@ -142,6 +145,7 @@ impl Guest {
             nodes: Vec::new(),
             handles: Vec::new(),
             broken: false,
+            lied: false,
         }
     }
 
@@ -328,6 +332,7 @@ impl Guest {
                 self.driver.take_used(&self.mem);
             }
             Request::AvailIdx(idx) => {
+                self.lied = true;
                 self.mem
                     .write_obj(idx, GuestAddress(self.driver.avail() + 2))
                     .expect("in RAM");

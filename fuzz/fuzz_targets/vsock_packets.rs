@@ -30,6 +30,9 @@ const MEM_SIZE: u64 = 1 << 20;
 /// writes, so a packet's header is read back as the device wrote it.
 const RX_START: u64 = 0xc_0000;
 const RX_END: u64 = 0xf_0000;
+/// Each well-formed RX buffer has a slot of its own in that area.
+const RX_SLOT: u64 = 0x2000;
+const RX_SLOTS: usize = ((RX_END - RX_START) / RX_SLOT) as usize;
 const HEADER_LEN: u32 = 44;
 /// The guest port a host listener waits on (`<uds>_1024`).
 const LISTEN_PORT: u32 = 1024;
@@ -157,9 +160,10 @@ struct Harness {
     rx: Queue,
     tx: Queue,
     next_buf: u64,
-    next_rx_buf: u64,
-    /// RX chain heads given to the device, with the writable bytes behind them.
-    rx_bufs: HashMap<u16, (u64, u32)>,
+    /// Which RX slots hold a buffer the device has not returned.
+    rx_slots: [bool; RX_SLOTS],
+    /// RX chain heads given to the device: (slot, writable bytes).
+    rx_bufs: HashMap<u16, (usize, u32)>,
     streams: Vec<UnixStream>,
     /// Whether a raw RX chain may have overwritten well-formed buffers.
     rx_tainted: bool,
@@ -189,7 +193,7 @@ impl Harness {
             rx,
             tx,
             next_buf: husk_fuzz::BUF_START,
-            next_rx_buf: RX_START,
+            rx_slots: [false; RX_SLOTS],
             rx_bufs: HashMap::new(),
             streams: Vec::new(),
             rx_tainted: false,
@@ -207,14 +211,11 @@ impl Harness {
         at
     }
 
-    fn alloc_rx(&mut self, len: u64) -> u64 {
-        let len = (len + 63) & !63;
-        if self.next_rx_buf + len > RX_END {
-            self.next_rx_buf = RX_START;
+    /// Forgets the buffer behind descriptor `desc` (returned by the device).
+    fn forget_rx(&mut self, desc: u16) {
+        if let Some((slot, _)) = self.rx_bufs.remove(&desc) {
+            self.rx_slots[slot] = false;
         }
-        let at = self.next_rx_buf;
-        self.next_rx_buf += len;
-        at
     }
 
     fn header(&self, h: &Hdr, payload_len: usize) -> [u8; HEADER_LEN as usize] {
@@ -290,12 +291,21 @@ impl Harness {
         let len = if len == 0 {
             HEADER_LEN + 4096
         } else {
-            u32::from(len)
+            u32::from(len).min(RX_SLOT as u32)
         };
         for _ in 0..=count % 8 {
-            let at = self.alloc_rx(u64::from(len));
+            let Some(slot) = self.rx_slots.iter().position(|used| !used) else {
+                return;
+            };
+            let at = RX_START + slot as u64 * RX_SLOT;
+            // Never reuse a descriptor slot the device has not returned:
+            // its stale available entry would make the device write twice.
+            if self.rx_bufs.contains_key(&self.rxd.next_desc()) {
+                return;
+            }
+            self.rx_slots[slot] = true;
             let head = self.rxd.publish(&self.mem, &[(at, len)], true);
-            self.rx_bufs.insert(head, (at, len));
+            self.rx_bufs.insert(head, (slot, len));
         }
     }
 
@@ -304,10 +314,12 @@ impl Harness {
         self.dev.process_host_events();
         self.dev.process_rx(&self.mem, &mut self.rx);
         for (head, len) in self.rxd.take_used(&self.mem) {
-            let Some((at, cap)) = self.rx_bufs.remove(&head) else {
+            let Some(&(slot, cap)) = self.rx_bufs.get(&head) else {
                 // A raw RX chain: nothing known about its layout.
                 continue;
             };
+            self.forget_rx(head);
+            let at = RX_START + slot as u64 * RX_SLOT;
             if len == 0 || self.rx_tainted {
                 continue;
             }
@@ -402,15 +414,11 @@ impl Harness {
                     return;
                 }
                 let descs: Vec<_> = descs.iter().take(16).map(|d| d.resolve(MEM_SIZE)).collect();
-                // A raw chain that may overlap the well-formed buffers (or
-                // points at an indirect table the harness does not control)
-                // can overwrite their packets before they are checked.
-                self.rx_tainted |= descs.iter().any(|&(addr, len, flags, _)| {
-                    flags & 4 != 0
-                        || (addr < RX_END && addr.saturating_add(u64::from(len)) > RX_START)
-                });
-                let head = self.rxd.publish_raw(&self.mem, &descs);
-                self.rx_bufs.remove(&head);
+                // A raw chain can point anywhere, and it overwrites descriptor
+                // slots earlier buffers were published in: from here on the
+                // device may write a packet over one before it is checked.
+                self.rx_tainted = true;
+                self.rxd.publish_raw(&self.mem, &descs);
             }
             Op::HostConnect { port } => {
                 let line = format!("CONNECT {}\n", LISTEN_PORT + u32::from(port % 4));
