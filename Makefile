@@ -6,7 +6,7 @@ SHELL := /bin/bash
 BUILD := build
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: demo test deps build check agent kernel image guest install bench bench-nested bench-budget bench-budget-nested bench-net bench-pod soak clean
+.PHONY: demo test deps build check agent kernel image guest install bench bench-nested bench-budget bench-budget-nested bench-net bench-pod soak fuzz clean
 
 PREFIX ?= /usr/local
 
@@ -19,7 +19,8 @@ demo: deps build guest install
 ## (each runs even when an earlier one failed), then a table of how long
 ## each layer took. The nested layer boots the real guest on the builtin VMM
 ## inside a QEMU/TCG VM with nested KVM (tests/nested/). The soak layer is
-## `make soak` cut to 20 lifecycles.
+## `make soak` cut to 20 lifecycles; the fuzz smoke layer is `make fuzz` cut
+## to 20 s per target.
 LAYERS := $(BUILD)/test-layers.tsv
 # The soak, as `make build` leaves it (debug, beside the husk it drives).
 SOAK := $${CARGO_TARGET_DIR:-target}/debug/husk-soak
@@ -32,6 +33,7 @@ test: deps check build guest
 	scripts/layer.sh $(LAYERS) "guest boot (QEMU/TCG)" \
 		tests/guest/boot-check.sh --kernel "$$(guest-kernel/build.sh --print-path)"
 	scripts/layer.sh $(LAYERS) "nested KVM (builtin VMM)" tests/nested/run.sh
+	scripts/layer.sh $(LAYERS) "fuzz smoke (20 s per target)" scripts/fuzz.sh 20
 	@scripts/layer.sh $(LAYERS) --summary
 
 deps:
@@ -155,6 +157,14 @@ soak: deps guest
 	cargo build -p husk-runtime --bin husk
 	cargo build -p husk-tests --bin husk-soak
 	$(SOAK) --lifecycles $(SOAK_LIFECYCLES) --every $(SOAK_EVERY)
+
+## fuzz: every cargo-fuzz target (fuzz/: vsock packets, virtio-fs requests,
+## virtio-mmio registers and queues, agent replies) for FUZZ_SECONDS each
+## (default 600), then a table of executions, corpus size and crashes;
+## fails on any crash. See docs/fuzzing.md.
+FUZZ_SECONDS ?= 600
+fuzz: deps
+	scripts/fuzz.sh $(FUZZ_SECONDS)
 
 # The path of bench $(2) of package $(1), built in release (bench) mode, as
 # cargo reports it.

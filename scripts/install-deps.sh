@@ -49,3 +49,13 @@ if command -v rustup >/dev/null; then
     rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
     rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 fi
+
+# Fuzzing (scripts/fuzz.sh): cargo-fuzz, and a nightly rustc for its
+# sanitizer flags. Without a reachable toolchain server the nightly install
+# fails; scripts/fuzz.sh then uses stable with RUSTC_BOOTSTRAP=1.
+if command -v rustup >/dev/null; then
+    rustup toolchain list 2>/dev/null | grep -q '^nightly' ||
+        rustup toolchain install nightly --profile minimal ||
+        echo "install-deps: no nightly toolchain; fuzzing uses stable with RUSTC_BOOTSTRAP=1" >&2
+fi
+cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use husk_protocol::agent_ttrpc::AgentServiceClient;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::time::Instant;
 
@@ -142,8 +142,11 @@ pub fn ready_socket(vsock_socket: &Path) -> PathBuf {
 }
 
 /// Why one attempt failed: try again, or give up.
-enum Attempt {
+#[derive(Debug)]
+pub enum Attempt {
+    /// The guest refused, or the stream failed: worth another attempt.
     Retry(String),
+    /// The device answered something no retry will fix.
     Fatal(Error),
 }
 
@@ -224,7 +227,19 @@ async fn try_connect(socket: &Path, port: u32) -> Result<UnixStream, Attempt> {
         .write_all(format!("CONNECT {port}\n").as_bytes())
         .await
         .map_err(|e| retry("write CONNECT", e))?;
-    // Byte by byte: anything after the newline already belongs to ttrpc.
+    read_connect_reply(&mut stream).await?;
+    Ok(stream)
+}
+
+/// Reads the device's answer to `CONNECT <port>` from `stream`: `OK <n>\n`
+/// (the device's port for this connection) or a closed stream (the guest
+/// refused). Reads byte by byte and stops at the newline, so the bytes
+/// after it, which already belong to ttrpc, stay in the stream. The line is
+/// what the guest side sends, so it is bounded and parsed strictly.
+pub async fn read_connect_reply<R>(stream: &mut R) -> Result<u32, Attempt>
+where
+    R: AsyncRead + Unpin,
+{
     let mut reply = Vec::with_capacity(MAX_REPLY_LEN);
     loop {
         let byte = match stream.read_u8().await {
@@ -233,7 +248,7 @@ async fn try_connect(socket: &Path, port: u32) -> Result<UnixStream, Attempt> {
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                 return Err(Attempt::Retry("connection refused by the guest".into()))
             }
-            Err(e) => return Err(retry("read reply", e)),
+            Err(e) => return Err(Attempt::Retry(format!("read reply: {e}"))),
         };
         if byte == b'\n' {
             break;
@@ -245,11 +260,21 @@ async fn try_connect(socket: &Path, port: u32) -> Result<UnixStream, Attempt> {
         }
         reply.push(byte);
     }
-    let text = String::from_utf8_lossy(&reply);
-    match text.strip_prefix("OK ").map(str::parse::<u32>) {
-        Some(Ok(_)) => Ok(stream),
-        _ => Err(Attempt::Fatal(Error::BadReply(text.into_owned()))),
+    parse_connect_reply(&reply).ok_or_else(|| {
+        Attempt::Fatal(Error::BadReply(
+            String::from_utf8_lossy(&reply).into_owned(),
+        ))
+    })
+}
+
+/// Parses `OK <port>` (newline already stripped): ASCII digits only, no
+/// sign, no spaces, and a port that fits a u32.
+fn parse_connect_reply(line: &[u8]) -> Option<u32> {
+    let digits = line.strip_prefix(b"OK ")?;
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
     }
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 #[cfg(test)]
@@ -394,6 +419,36 @@ mod tests {
             assert!(matches!(err, Error::BadReply(_)), "{reply:?}: {err}");
             device.abort();
         }
+    }
+
+    #[test]
+    fn reply_lines_parse_strictly() {
+        assert_eq!(parse_connect_reply(b"OK 1073741824"), Some(1 << 30));
+        assert_eq!(parse_connect_reply(b"OK 4294967295"), Some(u32::MAX));
+        for bad in [
+            &b"OK 4294967296"[..],
+            b"OK ",
+            b"OK +1",
+            b"OK -1",
+            b"OK 1 ",
+            b"ok 1",
+            b"OK\t1",
+            b"",
+        ] {
+            assert_eq!(parse_connect_reply(bad), None, "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_reply_is_read_up_to_its_newline_and_no_further() {
+        let mut wire: &[u8] = b"OK 7\n\0\0\0\x10ttrpc";
+        assert_eq!(read_connect_reply(&mut wire).await.unwrap(), 7);
+        assert_eq!(wire, b"\0\0\0\x10ttrpc");
+        let mut refused: &[u8] = b"OK 7";
+        assert!(matches!(
+            read_connect_reply(&mut refused).await,
+            Err(Attempt::Retry(_))
+        ));
     }
 
     #[tokio::test]
