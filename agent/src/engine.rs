@@ -177,8 +177,9 @@ impl Engine {
         let process_file = bundle.join(format!("exec-{exec_id}.json"));
         let mut process = process.clone();
         normalize_no_new_privileges(&mut process);
-        let late_seccomp =
-            LateSeccomp::for_exec(&bundle, &mut process, container_no_new_privileges(&bundle)?)?;
+        let late_seccomp = LateSeccomp::for_exec(&bundle, &mut process, || {
+            container_no_new_privileges(&bundle)
+        })?;
         let process = &process;
         let json = serde_json::to_vec(process)
             .map_err(|e| AgentError::InvalidArgument(format!("process: {e}")))?;

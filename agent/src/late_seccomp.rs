@@ -57,7 +57,7 @@ impl LateSeccomp {
             .process_mut()
             .as_mut()
             .ok_or_else(|| AgentError::InvalidArgument("the spec has no process".into()))?;
-        Ok(Self::prepare(filter, process, None))
+        Self::prepare(filter, process, || Ok(false))
     }
 
     /// Keeps a container's filter in its agent bundle for its exec'd
@@ -73,9 +73,14 @@ impl LateSeccomp {
     }
 
     /// The late load for a process exec'd in the container whose agent
-    /// bundle is `bundle`; `container_nnp` is the container's own
-    /// no_new_privileges, which an exec'd process inherits unless it says.
-    pub fn for_exec(bundle: &Path, process: &mut OciProcess, container_nnp: bool) -> Result<Self> {
+    /// bundle is `bundle`; `container_nnp` reads the container's own
+    /// no_new_privileges, which an exec'd process inherits unless it says
+    /// (read only when there is a filter and the process does not say).
+    pub fn for_exec(
+        bundle: &Path,
+        process: &mut OciProcess,
+        container_nnp: impl FnOnce() -> Result<bool>,
+    ) -> Result<Self> {
         let path = bundle.join(FILTER_FILE);
         let filter: LinuxSeccomp = match fs::read(&path) {
             Ok(json) => serde_json::from_slice(&json)
@@ -83,27 +88,27 @@ impl LateSeccomp {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
             Err(e) => return Err(AgentError::io(format!("reading {}", path.display()), e)),
         };
-        Ok(Self::prepare(filter, process, Some(container_nnp)))
+        Self::prepare(filter, process, container_nnp)
     }
 
     fn prepare(
         filter: LinuxSeccomp,
         process: &mut OciProcess,
-        inherited_nnp: Option<bool>,
-    ) -> Self {
-        let nnp = process
-            .no_new_privileges()
-            .or(inherited_nnp)
-            .unwrap_or(false);
+        inherited_nnp: impl FnOnce() -> Result<bool>,
+    ) -> Result<Self> {
+        let nnp = match process.no_new_privileges() {
+            Some(nnp) => nnp,
+            None => inherited_nnp()?,
+        };
         let drop_sys_admin = if nnp {
             Vec::new()
         } else {
             keep_sys_admin(process)
         };
-        Self {
+        Ok(Self {
             filter: Some(filter),
             drop_sys_admin,
-        }
+        })
     }
 
     /// Loads the filter and drops what was kept to load it. Runs in the
@@ -297,13 +302,16 @@ mod tests {
                 .expect("p")
         };
         let mut process = fresh();
-        let late = LateSeccomp::for_exec(dir.path(), &mut process, true).expect("exec");
+        let late = LateSeccomp::for_exec(dir.path(), &mut process, || Ok(true)).expect("exec");
         assert!(late.filter.is_some() && late.drop_sys_admin.is_empty());
         let mut process = fresh();
-        let late = LateSeccomp::for_exec(dir.path(), &mut process, false).expect("exec");
+        let late = LateSeccomp::for_exec(dir.path(), &mut process, || Ok(false)).expect("exec");
         assert_eq!(late.drop_sys_admin.len(), 2);
         let empty = tempfile::tempdir().expect("tempdir");
-        let late = LateSeccomp::for_exec(empty.path(), &mut fresh(), false).expect("exec");
+        let late = LateSeccomp::for_exec(empty.path(), &mut fresh(), || {
+            panic!("read without a filter")
+        })
+        .expect("exec");
         assert!(late.filter.is_none() && late.drop_sys_admin.is_empty());
     }
 }

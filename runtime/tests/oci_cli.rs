@@ -170,6 +170,41 @@ impl World {
         running
     }
 
+    /// `create`s `id` from bundle `b` and SIGKILLs the process `victim`
+    /// finds (polled until it finds one) while create runs; create must
+    /// then fail, not hang.
+    fn create_killing(&self, b: &str, id: &str, victim: impl Fn() -> Option<i32>) {
+        let mut create = self
+            .command(&["create", "--bundle", b, id])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let pid = loop {
+            if let Some(pid) = victim() {
+                break pid;
+            }
+            assert!(Instant::now() < deadline, "{id}: nothing to kill appeared");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        // SAFETY: kill(2) of a process this test's create started.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let status = loop {
+            if let Some(status) = create.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "{id}: create hung");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(
+            !status.success(),
+            "{id}: create succeeded without what was killed"
+        );
+    }
+
     /// `delete --force` after a crash: it succeeds (or finds nothing was
     /// ever recorded), `list` no longer names the container, and no
     /// process of this world (they all carry its configuration's path on
@@ -238,23 +273,30 @@ impl Drop for World {
     }
 }
 
-/// Live (not zombie) processes whose command line contains `needle`.
-fn processes_naming(needle: &str) -> Vec<String> {
+/// Live (not zombie) processes whose command line contains `needle`:
+/// (pid, command line with spaces for NULs).
+fn processes_naming(needle: &str) -> Vec<(i32, String)> {
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| n.parse::<u32>().is_ok())
-        })
         .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse::<i32>().ok()?;
             let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
             let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            cmdline
-                .contains(needle)
-                .then(|| format!("{}: {cmdline}", e.file_name().to_string_lossy()))
+            cmdline.contains(needle).then_some((pid, cmdline))
         })
+        .collect()
+}
+
+/// The QEMU processes whose command line names `needle` (a sandbox
+/// directory, or the sandbox root).
+fn qemus_naming(needle: &str) -> Vec<i32> {
+    processes_naming(needle)
+        .into_iter()
+        .filter(|(_, cmdline)| {
+            cmdline.starts_with("qemu-system") || cmdline.contains("/qemu-system")
+        })
+        .map(|(pid, _)| pid)
         .collect()
 }
 
@@ -917,13 +959,7 @@ fn delete_cleans_up_after_a_killed_sandbox_process() {
     // Its VM (and with it the container) lives on until delete.
     w.ok(&["delete", "--force", "k1"]);
     wait_pid(pid, Duration::from_secs(30));
-    let left: Vec<String> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).into_owned())
-        .filter(|c| c.contains(&sandbox_dir))
-        .collect();
+    let left = processes_naming(&sandbox_dir);
     assert!(left.is_empty(), "processes left on the sandbox: {left:?}");
     assert!(
         warned(&w.log, &format!("sandbox process (pid {daemon}) was gone")),
@@ -942,19 +978,7 @@ fn a_killed_vm_ends_the_container_and_delete_cleans_up() {
     let pid = w.run_detached(&bundle, "vmk1");
     let record = w.record("vmk1");
     let sandbox_dir = record["sandbox_dir"].as_str().unwrap().to_owned();
-    let qemus: Vec<i32> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| {
-            let pid = e.file_name().to_str()?.parse::<i32>().ok()?;
-            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-            let cmdline = String::from_utf8_lossy(&cmdline).into_owned();
-            (cmdline.starts_with("qemu-system") || cmdline.contains("/qemu-system"))
-                .then_some(())
-                .filter(|()| cmdline.contains(&sandbox_dir))
-                .map(|()| pid)
-        })
-        .collect();
+    let qemus = qemus_naming(&sandbox_dir);
     assert_eq!(qemus.len(), 1, "{qemus:?}");
     // SAFETY: kill(2) of the QEMU this test's container runs on.
     assert_eq!(unsafe { libc::kill(qemus[0], libc::SIGKILL) }, 0);
@@ -1011,79 +1035,18 @@ fn a_cli_or_host_process_killed_at_any_stage_is_cleaned_up_by_delete_force() {
     );
     w.force_clean("proxy");
 
-    // The sandbox process killed while `create` waits for its VM: create
-    // fails (it does not hang) and delete --force finds the rest.
-    let mut create = w
-        .command(&["create", "--bundle", b, "sandbox"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let daemon = loop {
-        let recorded = std::fs::read_to_string(w.root.join("sandbox").join("state.json"))
+    // The sandbox process, then QEMU, killed while `create` waits for the
+    // guest: create fails (it does not hang) and delete --force finds the rest.
+    w.create_killing(b, "sandbox", || {
+        std::fs::read_to_string(w.root.join("sandbox").join("state.json"))
             .ok()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|r| r["sandbox"]["pid"].as_i64());
-        if let Some(pid) = recorded {
-            break pid as i32;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "create recorded no sandbox process"
-        );
-        std::thread::sleep(ms(10));
-    };
-    // SAFETY: kill(2) of the sandbox process this test's create started.
-    assert_eq!(unsafe { libc::kill(daemon, libc::SIGKILL) }, 0);
-    let status = loop {
-        if let Some(status) = create.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline + Duration::from_secs(60),
-            "create hung"
-        );
-        std::thread::sleep(ms(50));
-    };
-    assert!(!status.success(), "create succeeded without its sandbox");
+            .and_then(|r| r["sandbox"]["pid"].as_i64())
+            .map(|pid| pid as i32)
+    });
     w.force_clean("sandbox");
-
-    // QEMU killed while the guest boots: create fails, it does not hang.
-    let mut create = w
-        .command(&["create", "--bundle", b, "qemu"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
     let sandboxes = w.sandboxes.to_str().unwrap().to_owned();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let qemu = loop {
-        let found = processes_naming(&sandboxes)
-            .into_iter()
-            .find(|p| p.contains("qemu-system"));
-        if let Some(found) = found {
-            break found;
-        }
-        assert!(Instant::now() < deadline, "no QEMU started");
-        std::thread::sleep(ms(10));
-    };
-    let qemu_pid: i32 = qemu.split(':').next().unwrap().parse().unwrap();
-    // SAFETY: kill(2) of the QEMU this test's create started.
-    assert_eq!(unsafe { libc::kill(qemu_pid, libc::SIGKILL) }, 0);
-    let status = loop {
-        if let Some(status) = create.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline + Duration::from_secs(60),
-            "create hung"
-        );
-        std::thread::sleep(ms(50));
-    };
-    assert!(!status.success(), "create succeeded without its VM");
+    w.create_killing(b, "qemu", || qemus_naming(&sandboxes).first().copied());
     w.force_clean("qemu");
 
     // delete --force said what the crashes had left.
