@@ -133,6 +133,8 @@ impl AgentService for Service {
         req: CreateSandboxRequest,
     ) -> TtrpcResult<Empty> {
         let result = async {
+            // First: nothing of the sandbox may draw on the template's RNG.
+            guest::add_entropy(&req.entropy)?;
             if !req.hostname.is_empty() {
                 guest::set_hostname(&req.hostname)?;
             }

@@ -499,6 +499,25 @@ async fn the_agent_says_ready_once_listening_and_reports_its_boot_stages() {
 }
 
 #[tokio::test]
+async fn create_sandbox_refuses_more_entropy_than_it_accepts() {
+    let agent = Agent::start();
+    let client = agent.client().await;
+    let err = client
+        .create_sandbox(
+            ctx(),
+            &CreateSandboxRequest {
+                hostname: "too-much".into(),
+                entropy: vec![7; 513],
+                ..Default::default()
+            },
+        )
+        .await
+        .expect_err("513 entropy bytes");
+    assert_eq!(code(&err), Code::INVALID_ARGUMENT, "{err:?}");
+    assert!(format!("{err:?}").contains("at most 512"), "{err:?}");
+}
+
+#[tokio::test]
 async fn sandbox_details_storage_and_destroy() {
     let mut agent = Agent::start();
     let client = agent.client().await;
@@ -522,6 +541,8 @@ async fn sandbox_details_storage_and_destroy() {
             &CreateSandboxRequest {
                 hostname: "husk-sandbox".into(),
                 dns: vec!["192.0.2.53".into()],
+                // Credited to the kernel's pool and reseeded (as root).
+                entropy: (0..64u8).collect(),
                 storages: vec![Storage {
                     driver: "tmpfs".into(),
                     mount_point: tmpfs.display().to_string(),

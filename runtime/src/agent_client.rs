@@ -96,6 +96,18 @@ impl ReadyListener {
     /// trusted: a line longer than [`MAX_REPLY_LEN`] or other than
     /// [`husk_protocol::READY_LINE`] fails the boot.
     pub async fn wait(&self, timeout: Duration) -> Result<(), Error> {
+        self.read_ready(timeout, false).await
+    }
+
+    /// Like [`wait`](Self::wait), and then waits (within the same
+    /// `timeout`) for the guest to close its end of the connection, so
+    /// that once the host's end is dropped no connection is left open in
+    /// the guest: what a template is saved after.
+    pub async fn wait_closed(&self, timeout: Duration) -> Result<(), Error> {
+        self.read_ready(timeout, true).await
+    }
+
+    async fn read_ready(&self, timeout: Duration, to_end: bool) -> Result<(), Error> {
         let not_ready = || Error::NotReady {
             socket: self.path.clone(),
             timeout,
@@ -116,11 +128,23 @@ impl ReadyListener {
                     Err(e) => return Err(io(e)),
                 }
             }
-            if line == husk_protocol::READY_LINE.as_bytes() {
-                Ok(())
-            } else {
-                Err(Error::BadReady(String::from_utf8_lossy(&line).into_owned()))
+            if line != husk_protocol::READY_LINE.as_bytes() {
+                return Err(Error::BadReady(String::from_utf8_lossy(&line).into_owned()));
             }
+            if to_end {
+                let mut rest = [0u8; MAX_REPLY_LEN];
+                loop {
+                    match stream.read(&mut rest).await.map_err(io)? {
+                        0 => break,
+                        n => {
+                            return Err(Error::BadReady(
+                                String::from_utf8_lossy(&rest[..n]).into_owned(),
+                            ))
+                        }
+                    }
+                }
+            }
+            Ok(())
         };
         tokio::time::timeout(timeout, read)
             .await
@@ -362,6 +386,38 @@ mod tests {
         waited.unwrap();
         drop(ready);
         assert!(!ready_socket(&vsock).exists());
+    }
+
+    #[tokio::test]
+    async fn wait_closed_returns_only_once_the_guest_closed_and_refuses_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let vsock = dir.path().join("vsock.sock");
+        let ready = ReadyListener::bind(&vsock).unwrap();
+        let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
+        let guest = async {
+            let mut stream = UnixStream::connect(ready_socket(&vsock)).await.unwrap();
+            stream.write_all(b"READY\n").await.unwrap();
+            // Still open: the wait must not end yet.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let _ = tx.send(());
+        };
+        let waiting = async {
+            let r = ready.wait_closed(Duration::from_secs(5)).await;
+            (r, rx.try_recv().is_ok())
+        };
+        let ((waited, guest_was_done), ()) = tokio::join!(waiting, guest);
+        waited.unwrap();
+        assert!(guest_was_done);
+
+        let guest = async {
+            let mut stream = UnixStream::connect(ready_socket(&vsock)).await.unwrap();
+            let _ = stream.write_all(b"READY\nmore").await;
+        };
+        let (waited, ()) = tokio::join!(ready.wait_closed(Duration::from_secs(5)), guest);
+        assert!(
+            matches!(waited, Err(Error::BadReady(ref got)) if got == "more"),
+            "{waited:?}"
+        );
     }
 
     #[tokio::test]

@@ -31,6 +31,8 @@ pub struct CheckInputs {
     pub kernel: PathBuf,
     /// The guest initrd.
     pub initrd: PathBuf,
+    /// The `[snapshot]` configuration.
+    pub snapshot: crate::config::Snapshot,
 }
 
 /// The KVM device.
@@ -89,6 +91,21 @@ pub struct FileStatus {
     pub problem: Option<String>,
 }
 
+/// Whether sandboxes restore from templates, and which exist.
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotStatus {
+    /// `[snapshot] enabled`.
+    pub enabled: bool,
+    /// Enabled and the configured backend is the builtin VMM.
+    pub in_use: bool,
+    /// Where templates are kept.
+    pub path: String,
+    /// The templates there (their directory names).
+    pub templates: Vec<String>,
+    /// Why they are not in use, when they are not.
+    pub reason: Option<String>,
+}
+
 /// A resolved backend choice.
 #[derive(Debug, Clone, Serialize)]
 pub struct Choice {
@@ -128,6 +145,8 @@ pub struct CheckReport {
     pub auto: Choice,
     /// The configured backend.
     pub configured: ConfiguredStatus,
+    /// Sandbox templates.
+    pub snapshots: SnapshotStatus,
 }
 
 impl CheckReport {
@@ -184,6 +203,7 @@ pub fn run_on(inputs: &CheckInputs, host: &HostCheck) -> CheckReport {
         usable: problems.is_empty(),
         problems,
     };
+    let snapshots = snapshot_status(&inputs.snapshot, backend);
     CheckReport {
         kvm,
         virtualization,
@@ -192,6 +212,24 @@ pub fn run_on(inputs: &CheckInputs, host: &HostCheck) -> CheckReport {
         initrd,
         auto,
         configured,
+        snapshots,
+    }
+}
+
+fn snapshot_status(config: &crate::config::Snapshot, backend: ConcreteBackend) -> SnapshotStatus {
+    let reason = if !config.enabled {
+        Some("[snapshot] enabled = false".to_owned())
+    } else if backend != ConcreteBackend::Builtin {
+        Some("only the builtin backend restores snapshots; this configuration runs QEMU".to_owned())
+    } else {
+        None
+    };
+    SnapshotStatus {
+        enabled: config.enabled,
+        in_use: reason.is_none(),
+        path: config.path.display().to_string(),
+        templates: crate::template::list(&config.path),
+        reason,
     }
 }
 
@@ -421,6 +459,22 @@ impl CheckReport {
             marker: c.resolved.backend.to_string(),
             detail,
         });
+        let snap = &self.snapshots;
+        let templates = match snap.templates.len() {
+            0 => "no template yet (the first sandbox makes one)".to_owned(),
+            _ => format!("templates: {}", snap.templates.join(", ")),
+        };
+        lines.push(match &snap.reason {
+            None => line(
+                "snapshots",
+                "on",
+                format!(
+                    "sandboxes restore from templates in {}; {templates}",
+                    snap.path
+                ),
+            ),
+            Some(why) => line("snapshots", "off", format!("sandboxes boot cold: {why}")),
+        });
         lines.push(if c.usable {
             line("verdict", "ok", "husk can run containers here".into())
         } else {
@@ -502,6 +556,10 @@ mod tests {
                 qemu: self.dir.path().join("qemu"),
                 kernel: self.dir.path().join("vmlinux"),
                 initrd: self.dir.path().join("initrd"),
+                snapshot: crate::config::Snapshot {
+                    enabled: false,
+                    path: self.dir.path().join("snapshots"),
+                },
             }
         }
     }
@@ -524,6 +582,36 @@ mod tests {
             .next()
             .unwrap()
             .to_owned()
+    }
+
+    #[test]
+    fn snapshots_are_on_only_when_enabled_with_the_builtin_backend_and_templates_are_listed() {
+        let files = Files::new();
+        let mut inputs = files.inputs(Backend::Builtin);
+        let report = run_on(&inputs, &vmx_host());
+        assert_eq!(marker(&report, "snapshots"), "off");
+        assert!(line_of(&report, "snapshots").contains("enabled = false"));
+
+        inputs.snapshot.enabled = true;
+        let report = run_on(&inputs, &vmx_host());
+        assert_eq!(marker(&report, "snapshots"), "on");
+        assert!(line_of(&report, "snapshots").contains("no template yet"));
+        let template = inputs.snapshot.path.join("0123456789abcdef");
+        fs::create_dir_all(&template).unwrap();
+        fs::write(template.join("state"), b"s").unwrap();
+        fs::write(template.join("memory"), b"m").unwrap();
+        let report = run_on(&inputs, &vmx_host());
+        assert!(
+            line_of(&report, "snapshots").contains("templates: 0123456789abcdef"),
+            "{report}"
+        );
+        assert!(report.snapshots.in_use);
+
+        inputs.backend = Backend::Qemu;
+        let report = run_on(&inputs, &vmx_host());
+        assert_eq!(marker(&report, "snapshots"), "off");
+        assert!(line_of(&report, "snapshots").contains("QEMU"), "{report}");
+        assert!(!report.snapshots.in_use);
     }
 
     #[test]
@@ -639,7 +727,7 @@ mod tests {
         let files = Files::new();
         let text = run_on(&files.inputs(Backend::Auto), &pvm_host()).to_string();
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 8, "{text}");
+        assert_eq!(lines.len(), 9, "{text}");
         // The longest label is "virtualization", the longest marker "missing"
         // (the QEMU program here exists, so "builtin"/"missing" may not
         // appear: take the widest marker present).

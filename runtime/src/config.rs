@@ -20,6 +20,8 @@ pub const CONFIG_ENV: &str = "HUSK_CONFIG";
 pub const DEFAULT_SANDBOX_ROOT: &str = "/run/husk/vm";
 /// Longest `sandbox_root`: a sandbox's longest socket path must fit in 108 bytes.
 pub const MAX_SANDBOX_ROOT_LEN: usize = 60;
+/// Where sandbox templates (snapshots of a booted guest) are kept by default.
+pub const DEFAULT_SNAPSHOT_PATH: &str = "/var/lib/husk/snapshots";
 /// Where `make install` puts the guest kernel.
 pub const DEFAULT_KERNEL: &str = "/usr/local/share/husk/vmlinux";
 /// Where `make install` puts the guest image.
@@ -65,6 +67,30 @@ pub struct Config {
     pub qemu: Qemu,
     /// husk's own device and VMM threads.
     pub vmm: Vmm,
+    /// Sandboxes restored from a snapshot of a booted guest.
+    pub snapshot: Snapshot,
+}
+
+/// Sandboxes restored from a template: a snapshot of a guest booted once
+/// (agent idle, no container) instead of a cold boot each time. Only the
+/// builtin backend restores snapshots.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Snapshot {
+    /// Restore sandboxes from a template (made by the first sandbox that
+    /// needs one).
+    pub enabled: bool,
+    /// Where templates are kept, one directory per template key.
+    pub path: PathBuf,
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            path: DEFAULT_SNAPSHOT_PATH.into(),
+        }
+    }
 }
 
 /// husk's own VMM and device backend threads (the builtin VMM, and the
@@ -142,6 +168,7 @@ impl Default for Config {
             guest: Guest::default(),
             qemu: Qemu::default(),
             vmm: Vmm::default(),
+            snapshot: Snapshot::default(),
         }
     }
 }
@@ -237,6 +264,12 @@ impl Config {
         }
         if g.kernel_params.contains(['\n', '\0']) {
             return Err("guest.kernel_params must be one line of words".into());
+        }
+        if !self.snapshot.path.is_absolute() {
+            return Err(format!(
+                "snapshot.path {} must be an absolute path",
+                self.snapshot.path.display()
+            ));
         }
         if g.boot_timeout_secs == 0 {
             return Err("guest.boot_timeout_secs must be at least 1".into());
@@ -379,6 +412,15 @@ mod tests {
         assert_eq!(c.qemu.path, Path::new("/q"));
         assert_eq!(c.guest.default_vcpus, 1);
         assert!(c.vmm.seccomp);
+        assert!(!c.snapshot.enabled);
+        let s = Config::parse("[snapshot]\nenabled = true\npath = \"/t\"\n").unwrap();
+        assert_eq!(
+            s.snapshot,
+            Snapshot {
+                enabled: true,
+                path: "/t".into()
+            }
+        );
         assert!(
             !Config::parse("[vmm]\nseccomp = false\n")
                 .unwrap()
@@ -400,6 +442,10 @@ mod tests {
         assert!(err.contains("loud"), "{err}");
         let err = Config::parse("[guest]\nkernel_params = \"a\\nb\"\n").unwrap_err();
         assert!(err.contains("kernel_params"), "{err}");
+        let err = Config::parse("[snapshot]\npath = \"rel\"\n").unwrap_err();
+        assert!(err.contains("snapshot.path"), "{err}");
+        let err = Config::parse("[snapshot]\nenable = true\n").unwrap_err();
+        assert!(err.contains("enable"), "{err}");
         let err = Config::parse("[guest\n").unwrap_err();
         assert!(!err.is_empty());
     }

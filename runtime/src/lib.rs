@@ -33,3 +33,4 @@ pub mod sandbox_dir;
 pub mod service;
 pub mod shim;
 pub mod store;
+pub mod template;

@@ -109,7 +109,7 @@ husk() {
     local st limit=${LIMIT:-$((BOOT_TIMEOUT + 90))} t0=$SECONDS
     # --log: every husk process's warnings (the sandbox processes' too,
     # which have no stderr) are kept for a failure's evidence.
-    timeout -k 10 "$limit" "$HUSK" --config "$W/${CONFIG:-builtin}.toml" --log "$OUT/husk.log" "$@"
+    timeout -k 10 "$limit" "$HUSK" --config "$W/${CONFIG:-builtin}.toml" --log "${LOG:-$OUT/husk.log}" "$@"
     st=$?
     # 137 is also a container's own status (an OOM kill): the clock decides.
     if ((st == 124 || (st == 137 && SECONDS - t0 >= limit))); then
@@ -269,54 +269,58 @@ check "two sandboxes at once are two VMs (different boot ids)" \
 
 # ---- 3. a running container: exec, ps, files, pause/resume, the guest's CPU ----
 
-if [[ $main_up -eq 0 ]]; then
-    out=$(husk exec main sh -c 'echo exec works; exit 5' 2>&1)
+# running_checks ID PREFIX: the checks of a running container ID (2 vCPUs,
+# no PID namespace, the only sandbox running), each named with PREFIX;
+# cold-booted and restored sandboxes run the same ones.
+running_checks() {
+    local id=$1 p=$2
+    out=$(husk exec "$id" sh -c 'echo exec works; exit 5' 2>&1)
     st=$?
-    check "exec: output" "$out" grep -qx 'exec works' <<<"$out"
-    check "exec: exit code 5" "got $st" test "$st" -eq 5
+    check "${p}exec: output" "$out" grep -qx 'exec works' <<<"$out"
+    check "${p}exec: exit code 5" "got $st" test "$st" -eq 5
 
     # No PID namespace: the guest's PID of the init is what ps must list.
-    init_pid=$(husk exec main pidof sleep 2>&1)
-    out=$(husk ps main 2>&1)
-    check "ps lists the container's init" "ps: $out; pidof sleep: $init_pid" \
+    init_pid=$(husk exec "$id" pidof sleep 2>&1)
+    out=$(husk ps "$id" 2>&1)
+    check "${p}ps lists the container's init" "ps: $out; pidof sleep: $init_pid" \
         grep -qxF "$init_pid" <<<"$out"
 
-    husk exec main sh -c 'echo written in the guest >/written' >/dev/null 2>&1
-    check "a file written in the container is on the host share" \
-        "$(cat "$W/main/rootfs/written" 2>&1)" grep -qx 'written in the guest' "$W/main/rootfs/written"
+    husk exec "$id" sh -c 'echo written in the guest >/written' >/dev/null 2>&1
+    check "${p}a file written in the container is on the host share" \
+        "$(cat "$W/$id/rootfs/written" 2>&1)" grep -qx 'written in the guest' "$W/$id/rootfs/written"
 
-    husk pause main
-    paused=$(status_of main)
-    check "pause: state paused" "state $paused" test "$paused" = paused
-    husk resume main
-    resumed=$(status_of main)
-    check "resume: state running" "state $resumed" test "$resumed" = running
-    out=$(husk exec main echo after resume 2>&1)
-    check "exec after resume" "$out" grep -qx 'after resume' <<<"$out"
+    husk pause "$id"
+    paused=$(status_of "$id")
+    check "${p}pause: state paused" "state $paused" test "$paused" = paused
+    husk resume "$id"
+    resumed=$(status_of "$id")
+    check "${p}resume: state running" "state $resumed" test "$resumed" = running
+    out=$(husk exec "$id" echo after resume 2>&1)
+    check "${p}exec after resume" "$out" grep -qx 'after resume' <<<"$out"
 
     # The guest's CPU as Linux sees it: the host's (L1's) identity, and
     # the TSC-deadline timer.
-    cpuinfo=$(husk exec main cat /proc/cpuinfo 2>&1)
+    cpuinfo=$(husk exec "$id" cat /proc/cpuinfo 2>&1)
     for field in 'vendor_id' 'cpu family' 'model name'; do
         l1_line=$(grep -m1 "^$field" /proc/cpuinfo)
-        check "guest CPU: the host's $field" "host: '$l1_line'; guest: '$(grep -m1 "^$field" <<<"$cpuinfo")'" \
+        check "${p}guest CPU: the host's $field" "host: '$l1_line'; guest: '$(grep -m1 "^$field" <<<"$cpuinfo")'" \
             grep -qxF "$l1_line" <<<"$cpuinfo"
     done
     # L1's KVM (Debian's 6.1) has KVM_CAP_TSC_DEADLINE_TIMER, though L1's
     # own CPU lacks the feature: the VMM must still offer it.
-    check "guest CPU: TSC-deadline timer" "no tsc_deadline_timer flag in the guest" \
+    check "${p}guest CPU: TSC-deadline timer" "no tsc_deadline_timer flag in the guest" \
         grep -qw tsc_deadline_timer <<<"$cpuinfo"
     # 1 GiB pages (OCI hugepageLimits for 1GB need hugetlb.1GB.* in the
     # guest): the VMM passes L1's pdpe1gb through.
     if grep -qw pdpe1gb /proc/cpuinfo; then
-        check "guest CPU: 1 GiB pages (pdpe1gb)" "no pdpe1gb flag in the guest" \
+        check "${p}guest CPU: 1 GiB pages (pdpe1gb)" "no pdpe1gb flag in the guest" \
             grep -qw pdpe1gb <<<"$cpuinfo"
     fi
 
-    out=$(husk exec main nproc 2>&1)
-    check "2 vCPUs: nproc" "nproc says $out" test "$out" = 2
-    out=$(husk exec main cat /sys/devices/system/cpu/online 2>&1)
-    check "2 vCPUs: both online" "online: $out" test "$out" = 0-1
+    out=$(husk exec "$id" nproc 2>&1)
+    check "${p}2 vCPUs: nproc" "nproc says $out" test "$out" = 2
+    out=$(husk exec "$id" cat /sys/devices/system/cpu/online 2>&1)
+    check "${p}2 vCPUs: both online" "online: $out" test "$out" = 0-1
 
     # Every vCPU and device worker thread of the sandbox process runs under
     # its seccomp filter (Seccomp: 2 is filter mode): the threads are named
@@ -331,7 +335,7 @@ if [[ $main_up -eq 0 ]]; then
             unfiltered+=("$comm:$(grep Seccomp: "$task/status" 2>/dev/null)")
         fi
     done
-    check "seccomp: every vCPU and device thread is filtered" \
+    check "${p}seccomp: every vCPU and device thread is filtered" \
         "filtered: ${filtered[*]}; not: ${unfiltered[*]}" \
         test "${#unfiltered[@]}" -eq 0 -a "$(printf '%s\n' "${filtered[@]}" | grep -c '^husk-vcpu')" -eq 2 \
         -a "$(printf '%s\n' "${filtered[@]}" | grep -cx -e husk-vsock -e husk-fs)" -eq 2
@@ -350,8 +354,12 @@ if [[ $main_up -eq 0 ]]; then
             && ($(cap CapEff) & (1 << 21)) != 0 )) \
             && grep -qx $'NoNewPrivs:\t1' "$status_file"
     }
-    check "the sandbox process: reduced capabilities and no_new_privs" \
+    check "${p}the sandbox process: reduced capabilities and no_new_privs" \
         "pid ${sandbox_pid:-none}: $(grep -E '^(Cap|NoNewPrivs)' "$status_file" 2>&1 | tr '\n' ' ')" jailed
+}
+
+if [[ $main_up -eq 0 ]]; then
+    running_checks main ''
 fi
 
 # ---- the guest kernel's own log (main's, read inside the guest) ----
@@ -501,27 +509,119 @@ check "a silent guest is given up after its boot timeout" "took $silent_took s" 
 left=$(leftovers)
 check "failed boots leave nothing behind" "$left" test -z "$left"
 
-# ---- snapshots: a booted guest saved, restored into two new sandboxes ----
+# ---- snapshots: sandboxes restored from a template ----
 
-# The builtin VMM's snapshot path on the real guest (runtime/examples/
-# snapshot_probe.rs, built by `make build`): cold boot until the agent
-# answers, pause and save, then two restores on their own sockets and
-# shares whose agents must answer for the same guest.
-probe=$(dirname "$HUSK")/examples/snapshot_probe
-if [[ -x $probe ]]; then
+# The same containers from a configuration with [snapshot] enabled: the
+# first sandbox makes the template (a VM of its own booted until the guest
+# says ready, then saved), every later one restores from it. Each run logs
+# at info to its own file, whose stage lines say how its VM came up.
+config snap "$INITRD" "$BOOT_TIMEOUT" false printk.devkmsg=on
+sed -i 's/^log_level = .*/log_level = "info"/' "$W/snap.toml"
+printf '[snapshot]\nenabled = true\npath = "%s"\n' "$W/templates" >>"$W/snap.toml"
+# snap_run ID: `husk run` of bundle ID with snapshots, output in $W/ID.out.
+snap_run() { CONFIG=snap LOG=$OUT/snap-$1.log husk run --bundle "$W/$1" "$1" >"$W/$1.out" 2>"$W/$1.err"; }
+# restored ID: its VM came from the template (and was not booted cold).
+restored() { grep -q 'vm-restored' "$OUT/snap-$1.log" && ! grep -q 'vm-started' "$OUT/snap-$1.log"; }
+booted_cold() { grep -q 'vm-started' "$OUT/snap-$1.log" && ! grep -q 'vm-restored' "$OUT/snap-$1.log"; }
+stages() { grep -o -E 'stage="?[a-z-]+"? ms=[0-9.]+' "$OUT/snap-$1.log" | tr '\n' ' '; }
+the_template() { find "$W/templates" -mindepth 1 -maxdepth 1 -type d ! -name '*.tmp' | head -n 1; }
+
+out=$(CONFIG=snap husk check 2>&1)
+check "snapshot: husk check says snapshots are on" "$out" grep -qE '^snapshots +on' <<<"$out"
+
+# (a) a restored sandbox passes the running container's checks.
+bundle smain '.linux.resources.cpu = {"quota": 200000, "period": 100000} |
+    .linux.namespaces |= map(select(.type != "pid"))' \
+    sh -c 'echo main-ready; exec sleep 100000' || exit 2
+start_smain() {
     t0=$(date +%s)
-    "$probe" "$KERNEL" "$INITRD" "$W/snapshot" >"$W/snapshot.out" 2>"$W/snapshot.err"
-    probe_status=$?
-    sed 's/^/# /' "$W/snapshot.out"
-    log "snapshot probe took $(elapsed "$t0")"
-    for c in "$W"/snapshot/sandboxes/*/console.log; do
-        [[ -f $c ]] && cp "$c" "$OUT/console-snapshot-$(basename "$(dirname "$c")").log"
-    done
-    check "snapshot: a booted guest is saved, restored twice, and each agent answers" \
-        "exit $probe_status: $(tail -n 5 "$W/snapshot.err")" test "$probe_status" -eq 0
-else
-    not_ok "snapshot: a booted guest is saved, restored twice, and each agent answers" "no $probe (make build)"
+    CONFIG=snap LOG=$OUT/snap-smain.log LIMIT=900 husk run --bundle "$W/smain" smain >"$W/smain.out" 2>"$W/smain.err" &
+    smain_pid=$!
+    wait_status smain running "$((BOOT_TIMEOUT + 60))"
+    smain_up=$?
+}
+trace_clear
+start_smain
+if ((smain_up != 0)) && platform_failed "$W/smain.err"; then
+    kill "$smain_pid" 2>/dev/null
+    wait "$smain_pid"
+    platform_retry smain "$W/smain.err"
+    start_smain
 fi
+((smain_up == 0)) || trace_keep smain
+log "first sandbox with snapshots (template made, then restored): running after $(elapsed "$t0"); $(stages smain)"
+check "snapshot: the first sandbox makes the template" "$(tail -n 5 "$OUT/snap-smain.log")" \
+    grep -q 'template-made' "$OUT/snap-smain.log"
+check "snapshot: the first sandbox is restored from it, not booted cold" "$(stages smain)" restored smain
+if ((smain_up == 0)); then
+    CONFIG=snap LOG=$OUT/snap-smain.log running_checks smain 'snapshot: '
+    CONFIG=snap LOG=$OUT/snap-smain.log husk kill smain TERM
+fi
+kill_after=$(($(date +%s) + 60))
+while kill -0 "$smain_pid" 2>/dev/null && (($(date +%s) < kill_after)); do sleep 1; done
+kill "$smain_pid" 2>/dev/null
+wait "$smain_pid"
+st=$?
+check "snapshot: kill TERM: exit code 143" "got $st: $(tail -n 3 "$W/smain.err")" test "$st" -eq 143
+
+# (b) two restored guests: their own random bytes and hostnames.
+for id in snapa snapb; do
+    bundle "$id" '.linux.resources.cpu = {"quota": 200000, "period": 100000}' \
+        sh -c 'hostname; head -c 16 /dev/urandom | od -An -tx1 | tr -d " \n"; echo' || exit 2
+    t0=$(date +%s)
+    snap_run "$id"
+    log "$id: exit $? after $(elapsed "$t0"); $(stages "$id")"
+done
+check "snapshot: two more sandboxes are restored" "snapa: $(stages snapa); snapb: $(stages snapb)" \
+    eval 'restored snapa && restored snapb'
+check "snapshot: each restored guest has its own hostname" "snapa: $(head -n 1 "$W/snapa.out"); snapb: $(head -n 1 "$W/snapb.out")" \
+    test "$(head -n 1 "$W/snapa.out")" = snapa -a "$(head -n 1 "$W/snapb.out")" = snapb
+rand_a=$(sed -n 2p "$W/snapa.out") rand_b=$(sed -n 2p "$W/snapb.out")
+check "snapshot: two restored guests read different random bytes" "snapa $rand_a, snapb $rand_b; $(tail -n 2 "$W/snapa.err")" \
+    test "${#rand_a}" -eq 32 -a "${#rand_b}" -eq 32 -a "$rand_a" != "$rand_b"
+
+# (c) a corrupted and a mismatched template: a warning, a cold boot, the
+# container runs, and the template is gone (the next sandbox remakes it).
+bundle snapc '.linux.resources.cpu = {"quota": 200000, "period": 100000}' sh -c 'echo ran cold' || exit 2
+template=$(the_template)
+# snap_fallback NAME ID WARNING: ID's run fell back to a cold boot because
+# of WARNING, ran, and the template was removed.
+snap_fallback() {
+    trace_clear
+    snap_run "$2"
+    # No second run after a platform failure: the first one removed the
+    # template, so a second would make a new one instead of falling back.
+    local st=$?
+    ((st == 0)) || trace_keep "$2"
+    check "snapshot: $1: warned" "$(grep -m1 'template' "$OUT/snap-$2.log")" \
+        grep -q -E "sandbox template not used: .*$3.*booting this sandbox cold" "$OUT/snap-$2.log"
+    check "snapshot: $1: booted cold and ran" "exit $st: $(cat "$W/$2.out"); $(stages "$2")" \
+        eval "((st == 0)) && booted_cold $2 && grep -qx 'ran cold' '$W/$2.out'"
+    check "snapshot: $1: the template is removed" "$(ls "$W/templates")" test ! -e "$template"
+}
+if [[ -n $template ]]; then
+    cp -a --sparse=always "$template" "$W/template-copy"
+    # A flipped byte in the state file's body.
+    printf '\x01' | dd of="$template/state" bs=1 seek=200 conv=notrunc status=none
+    snap_fallback "a corrupted template" snapc 'checksum'
+    # The same template as made by another husk version (checksum right).
+    mv "$W/template-copy" "$template"
+    python3 - "$template/state" <<'PY'
+import json, struct, sys, zlib
+path = sys.argv[1]
+data = open(path, 'rb').read()
+body = json.loads(data[24:])
+body['husk_version'] = '0.0.0-other'
+body = json.dumps(body).encode()
+open(path, 'wb').write(data[:12] + struct.pack('<QI', len(body), zlib.crc32(body)) + body)
+PY
+    cp -a "$W/snapc" "$W/snapd"
+    snap_fallback "a template from another husk version" snapd 'husk 0.0.0-other'
+else
+    not_ok "snapshot: a template to corrupt" "none in $W/templates"
+fi
+left=$(leftovers)
+check "snapshot: nothing left behind (no template VM directory)" "$left" test -z "$left"
 
 # ---- what the guests made L1's KVM say ----
 

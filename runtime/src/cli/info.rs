@@ -130,6 +130,7 @@ pub fn check(g: &Global, args: CheckArgs) -> anyhow::Result<i32> {
         qemu: config.qemu.path.clone(),
         kernel: config.guest.kernel.clone(),
         initrd: config.guest.image.clone(),
+        snapshot: config.snapshot.clone(),
     });
     match args.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),

@@ -30,6 +30,12 @@ use super::{
 /// as `TripleFault` and which otherwise means the guest crashed badly.
 const REBOOT: RebootMode = RebootMode::Keyboard;
 
+/// The kernel command line the builtin backend boots `spec` with (part of
+/// a sandbox template's key: a saved guest booted with it).
+pub fn cmdline(spec: &VmSpec) -> String {
+    kernel_cmdline(REBOOT, spec)
+}
+
 /// The builtin backend. Runs at most one VM at a time.
 #[derive(Default)]
 pub struct Builtin {
@@ -92,7 +98,7 @@ fn build(spec: &VmSpec) -> Result<Vm, Error> {
     config.vcpus = u32::from(spec.vcpus);
     config.memory_mib = u64::from(spec.memory_mib);
     config.initrd = Some(spec.initrd.clone());
-    config.cmdline = kernel_cmdline(REBOOT, spec);
+    config.cmdline = cmdline(spec);
     config.devices = devices;
     config.console = Box::new(console);
     tracing::debug!(

@@ -13,6 +13,7 @@
 //! deleted.
 
 pub mod boot_stages;
+pub mod from_template;
 pub mod share;
 pub mod stdio;
 pub mod vm;
@@ -28,7 +29,7 @@ use husk_protocol::agent_ttrpc::AgentServiceClient;
 use crate::agent_client::{agent_message, ctx};
 use crate::config::{Config, VmSize};
 use crate::host_process::HostProcess;
-use crate::hypervisor::{self, NicSpec, VmExit, VmSpec, FS_TAG};
+use crate::hypervisor::{NicSpec, VmExit, VmSpec, FS_TAG};
 use crate::network::dns::DnsRelay;
 use crate::network::{self, HostNetwork};
 use crate::oci::bundle::Bundle;
@@ -172,9 +173,8 @@ impl Sandbox {
                 })
                 .collect(),
         };
-        let hv = hypervisor::new_hypervisor(backend, &config.qemu, &host);
         let timeout = Duration::from_secs(config.guest.boot_timeout_secs.into());
-        let vm = SandboxVm::boot(hv, spec, timeout)
+        let vm = from_template::boot_vm(config, backend, &host, spec, timeout)
             .await
             .map_err(|e| Error::new(e.to_string()))?;
         // The sandbox directory exists only now; the guest can ask no
@@ -225,6 +225,10 @@ impl Sandbox {
 
     async fn set_up_guest(&self, options: &SandboxOptions) -> Result<(), Error> {
         let begun = std::time::Instant::now();
+        // Before anything else, every boot alike: a guest restored from a
+        // template has the template's clock and RNG state (cold boots get
+        // the same two calls, so both paths stay one path).
+        self.make_guest_unique().await?;
         self.configure_network().await?;
         let storage = Storage {
             driver: "virtiofs".into(),
@@ -240,6 +244,8 @@ impl Sandbox {
                     storages: vec![storage],
                     sandbox_id: self.id.clone(),
                     dns_relay: options.dns_relay.iter().map(ToString::to_string).collect(),
+                    entropy: entropy()
+                        .map_err(|e| Error::new(format!("reading entropy for the guest: {e}")))?,
                     ..Default::default()
                 },
             )
@@ -251,6 +257,26 @@ impl Sandbox {
                 ))
             })?;
         tracing::info!(stage = "sandbox-created", ms = vm::stage_ms(begun), sandbox = %self.id, "sandbox created");
+        Ok(())
+    }
+
+    /// Sets the guest's wall clock from the host's. CreateSandbox then
+    /// brings fresh entropy (see [`entropy`]) and the hostname.
+    async fn make_guest_unique(&self) -> Result<(), Error> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        self.agent()
+            .set_guest_date_time(
+                ctx(),
+                &SetGuestDateTimeRequest {
+                    sec: i64::try_from(now.as_secs()).unwrap_or(i64::MAX),
+                    usec: i64::from(now.subsec_micros()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| Error::new(format!("setting the guest's clock: {}", agent_message(&e))))?;
         Ok(())
     }
 
@@ -429,6 +455,31 @@ impl Sandbox {
     }
 }
 
+/// How many random bytes each guest gets from the host at CreateSandbox.
+const GUEST_ENTROPY_BYTES: usize = 64;
+
+/// Fresh random bytes from the host's kernel (getrandom, which works in
+/// any mount namespace or jail), for the guest to credit to its pool and
+/// reseed from.
+fn entropy() -> std::io::Result<Vec<u8>> {
+    let mut bytes = vec![0u8; GUEST_ENTROPY_BYTES];
+    let mut filled = 0;
+    while filled < bytes.len() {
+        let rest = &mut bytes[filled..];
+        // SAFETY: writes at most `rest.len()` bytes into `rest`.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        filled += n as usize;
+    }
+    Ok(bytes)
+}
+
 /// Wires the namespace's links to taps (blocking netlink calls, off the
 /// async threads).
 async fn wire_network(network: Network) -> Result<HostNetwork, Error> {
@@ -502,6 +553,14 @@ fn dns_relay_socket(dir: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_guest_gets_its_own_entropy() {
+        let (a, b) = (entropy().unwrap(), entropy().unwrap());
+        assert_eq!(a.len(), GUEST_ENTROPY_BYTES);
+        assert!(a.len() <= 512, "within what the agent accepts");
+        assert_ne!(a, b);
+    }
 
     #[test]
     fn the_dns_relay_listens_where_the_vsock_device_sends_guest_connections_to_port_1025() {

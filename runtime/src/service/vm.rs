@@ -15,8 +15,10 @@ use husk_protocol::ttrpc::context;
 use husk_protocol::AGENT_VSOCK_PORT;
 
 use crate::agent_client::{self, ReadyListener};
+use crate::hypervisor::builtin::Builtin;
 use crate::hypervisor::{self, Hypervisor, Stopped, VmExit, VmSpec};
 use crate::sandbox_dir::{self, SandboxDir};
+use crate::template::Template;
 
 /// How long `shutdown` gives the agent to answer `DestroySandbox`.
 const DESTROY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -55,6 +57,18 @@ pub enum Error {
     /// A blocking hypervisor call could not be run.
     #[error("hypervisor task failed: {0}")]
     Task(String),
+    /// The template could not be made or read.
+    #[error("{0}")]
+    Template(String),
+}
+
+impl Error {
+    /// Whether a restore failed because of its template (unreadable,
+    /// refused by the VMM's checks, or a guest that did not come back),
+    /// rather than because of this sandbox (its directory).
+    pub fn is_template_failure(&self) -> bool {
+        !matches!(self, Error::Dir(_))
+    }
 }
 
 /// A running sandbox VM with a connected agent.
@@ -120,22 +134,71 @@ impl SandboxVm {
                 ms = stage_ms(booting),
                 "the guest says ready"
             );
-            let connecting = Instant::now();
             // The agent listens by now: this connects at the first attempt.
             let remaining = agent_timeout.saturating_sub(booting.elapsed());
-            let agent = agent_client::connect(&socket, AGENT_VSOCK_PORT, remaining).await?;
-            tracing::info!(
-                stage = "agent-answers",
-                ms = stage_ms(connecting),
-                "agent answers"
-            );
-            Ok::<_, agent_client::Error>(agent)
+            connect_agent(&socket, remaining).await
         };
+        let attached = Self::attach(hypervisor, dir, connect).await;
+        drop(ready);
+        attached
+    }
+
+    /// Creates `spec.sandbox` and starts its VM from `template` instead of
+    /// booting it (the builtin VMM only), then connects to the agent,
+    /// which was already listening when the template was saved, waiting
+    /// up to `agent_timeout`. On failure the VM is stopped and the
+    /// directory removed; the error says whether the template was to blame
+    /// ([`Error::is_template_failure`]).
+    pub async fn restore(
+        spec: VmSpec,
+        template: Template,
+        agent_timeout: Duration,
+    ) -> Result<Self, Error> {
+        let begun = Instant::now();
+        spec.sandbox.create()?;
+        let dir = spec.sandbox.clone();
+        let mut builtin = Builtin::new();
+        let restored = blocking(move || {
+            let r = template
+                .lock(false)
+                .map_err(|e| Error::Template(format!("locking the template: {e}")))
+                .and_then(|_lock| {
+                    builtin
+                        .start_restored(&spec, &template.paths(), template.key().as_str())
+                        .map_err(Error::from)
+                });
+            (builtin, r)
+        })
+        .await;
+        let builtin = match restored {
+            Ok((builtin, Ok(()))) => builtin,
+            Ok((_, Err(e))) | Err(e) => {
+                let _ = dir.remove();
+                return Err(e);
+            }
+        };
+        tracing::info!(
+            stage = "vm-restored",
+            ms = stage_ms(begun),
+            "VM restored from its template"
+        );
+        let socket = dir.vsock_socket();
+        let connect = connect_agent(&socket, agent_timeout);
+        Self::attach(Box::new(builtin), dir, connect).await
+    }
+
+    /// Waits for `connect` while watching the VM: the sandbox once the
+    /// agent answers, or, if the VM ends first or the agent cannot be
+    /// reached, an error after the VM was stopped and `dir` removed.
+    async fn attach(
+        mut hypervisor: Box<dyn Hypervisor>,
+        dir: SandboxDir,
+        connect: impl std::future::Future<Output = Result<AgentServiceClient, agent_client::Error>>,
+    ) -> Result<Self, Error> {
         let connected = tokio::select! {
             r = connect => Ok(r),
             exit = vm_ended(hypervisor.as_mut(), BOOT_POLL) => Err(exit),
         };
-        drop(ready);
         match connected {
             Ok(Ok(agent)) => Ok(Self {
                 dir,
@@ -213,7 +276,7 @@ impl SandboxVm {
     }
 }
 
-async fn teardown(
+pub(crate) async fn teardown(
     mut hypervisor: Box<dyn Hypervisor>,
     dir: SandboxDir,
     grace: Duration,
@@ -223,6 +286,21 @@ async fn teardown(
     let stopped = stopped?;
     removed?;
     Ok(stopped)
+}
+
+/// Connects to the agent (which listens by now) and logs the stage.
+async fn connect_agent(
+    socket: &std::path::Path,
+    timeout: Duration,
+) -> Result<AgentServiceClient, agent_client::Error> {
+    let connecting = Instant::now();
+    let agent = agent_client::connect(socket, AGENT_VSOCK_PORT, timeout).await?;
+    tracing::info!(
+        stage = "agent-answers",
+        ms = stage_ms(connecting),
+        "agent answers"
+    );
+    Ok(agent)
 }
 
 /// Milliseconds since `since`, for a stage's `ms` field.
@@ -241,13 +319,13 @@ fn hypervisor_said(hypervisor: &str) -> String {
 
 /// How often the VM is polled while the agent boots: a VM that fails at
 /// once (QEMU refusing an option) is reported within this.
-const BOOT_POLL: Duration = Duration::from_millis(10);
+pub(crate) const BOOT_POLL: Duration = Duration::from_millis(10);
 
 /// Resolves once the VM has ended, with how. Polls the backend (a QEMU
 /// process, or the builtin VMM's vCPU threads in this process) without
 /// blocking; if it cannot be asked, never resolves (the agent timeout then
 /// ends the boot).
-async fn vm_ended(hypervisor: &mut dyn Hypervisor, poll: Duration) -> VmExit {
+pub(crate) async fn vm_ended(hypervisor: &mut dyn Hypervisor, poll: Duration) -> VmExit {
     loop {
         match hypervisor.wait(Duration::ZERO) {
             Ok(Some(exit)) => return exit,
@@ -262,7 +340,9 @@ async fn vm_ended(hypervisor: &mut dyn Hypervisor, poll: Duration) -> VmExit {
 }
 
 /// Runs a blocking hypervisor call off the async threads.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Error> {
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Error> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::Task(e.to_string()))
