@@ -132,16 +132,13 @@ impl ReadyListener {
                 return Err(Error::BadReady(String::from_utf8_lossy(&line).into_owned()));
             }
             if to_end {
+                // Nothing may follow the line: the guest closes next.
                 let mut rest = [0u8; MAX_REPLY_LEN];
-                loop {
-                    match stream.read(&mut rest).await.map_err(io)? {
-                        0 => break,
-                        n => {
-                            return Err(Error::BadReady(
-                                String::from_utf8_lossy(&rest[..n]).into_owned(),
-                            ))
-                        }
-                    }
+                let n = stream.read(&mut rest).await.map_err(io)?;
+                if n != 0 {
+                    return Err(Error::BadReady(
+                        String::from_utf8_lossy(&rest[..n]).into_owned(),
+                    ));
                 }
             }
             Ok(())
