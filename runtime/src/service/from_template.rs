@@ -23,7 +23,8 @@ use crate::template::{Template, TemplateKey};
 
 /// How long a restored guest's agent gets to answer: it was listening when
 /// the template was saved, so this only bounds a broken restore (nested,
-/// under QEMU's emulation, restores answered within about 1.2 s).
+/// under QEMU's emulation on a loaded machine, restored agents answered
+/// within about 2.2 s).
 const RESTORE_AGENT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// How long the template's guest gets, after its ready connection closed,
