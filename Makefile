@@ -6,7 +6,7 @@ SHELL := /bin/bash
 BUILD := build
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: demo test deps build check agent kernel image guest install bench bench-nested bench-budget bench-budget-nested bench-net bench-pod soak fuzz clean
+.PHONY: demo test deps build check agent kernel image guest install bench bench-nested bench-budget bench-budget-nested bench-snapshot bench-snapshot-nested bench-net bench-pod soak fuzz clean
 
 PREFIX ?= /usr/local
 
@@ -125,6 +125,29 @@ bench-budget-nested: deps guest
 		"$$bench" "$$(guest-kernel/build.sh --print-path)" "$$PWD/$(BUILD)/initrd.img" \
 		$(BUDGET_RUNS) "$(BUDGET_VARIANTS)" || status=$$?; \
 	cat $(NESTED_BENCH_OUT)/boot_budget.md || true; \
+	exit $$status
+
+## bench-snapshot-nested: sandboxes restored from a snapshot template
+## against cold-booted ones on the builtin VMM, inside the nested layer's
+## outer VM (tests/nested/snapshot-bench.sh): `husk run` of /bin/true and
+## the PSS of 1, 5 and 10 sandboxes side by side. SNAPSHOT_RUNS (default 5),
+## SNAPSHOT_COUNTS (default 1,5,10); the table in
+## build/bench-nested/snapshot.md. `make bench-snapshot` runs the same bench
+## on this host (it needs KVM that runs Linux guests).
+SNAPSHOT_RUNS ?= 5
+SNAPSHOT_COUNTS ?= 1,5,10
+bench-snapshot: deps guest
+	HUSK_SNAPSHOT_RUNS=$(SNAPSHOT_RUNS) HUSK_SNAPSHOT_COUNTS=$(SNAPSHOT_COUNTS) \
+		cargo bench -p husk-runtime --bench snapshot
+
+bench-snapshot-nested: deps guest
+	bench=$$($(call bench_executable,husk-runtime,snapshot)); \
+	[[ -x $$bench ]] || { echo "bench-snapshot-nested: no bench executable from cargo"; exit 1; }; \
+	status=0; \
+	flock /tmp/husk-nested.lock tests/nested/l1.sh --out $(NESTED_BENCH_OUT) --timeout 1800 tests/nested/snapshot-bench.sh \
+		"$$bench" "$$(guest-kernel/build.sh --print-path)" "$$PWD/$(BUILD)/initrd.img" \
+		$(SNAPSHOT_RUNS) $(SNAPSHOT_COUNTS) || status=$$?; \
+	cat $(NESTED_BENCH_OUT)/snapshot.md || true; \
 	exit $$status
 
 ## bench-net: TCP throughput (iperf3) container <-> peer: husk's virtio-net

@@ -33,15 +33,16 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use husk_runtime::host_process::{HostProcess, Stat};
+use husk_runtime::host_process::HostProcess;
 use husk_runtime::hypervisor::qemu::{self, Accel};
 use husk_runtime::hypervisor::{Backend, ConcreteBackend};
 use husk_runtime::service::share;
 use husk_runtime::store::Store;
 use husk_tests::bench::{mappings, median, monotonic_now, peer_run, peers, KvmEntryTrace, Mapping};
+use husk_tests::processes::{become_subreaper, descendants, reap_children, wait_child, wait_until};
 use husk_tests::{containers, guest, rootfs};
 use husk_vmm::machine::layout::MMIO_GAP_START;
 use husk_vmm::machine::HostCheck;
@@ -192,13 +193,7 @@ struct Results {
 fn bench() -> Result<(), String> {
     // Detached sandboxes' processes become ours once `husk run --detach`
     // exits, so that they are reaped here rather than left as zombies.
-    // SAFETY: prctl with integer arguments only.
-    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
-        return Err(format!(
-            "PR_SET_CHILD_SUBREAPER: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
+    become_subreaper()?;
     let settings = Settings::from_env()?;
     let host = HostCheck::run();
     let (backends, skipped) = choose_backends(&host)?;
@@ -1087,76 +1082,6 @@ impl Report<'_> {
 fn cell_ms(d: Option<Duration>) -> String {
     d.map(|d| format!("{:.0} ms", ms(d)))
         .unwrap_or_else(|| "—".to_owned())
-}
-
-/// Waits for `child` up to `timeout`, blocking (so that the time measured
-/// is not rounded up to a polling interval); kills it past that.
-fn wait_child(mut child: Child, timeout: Duration) -> Result<ExitStatus, String> {
-    let process = HostProcess::of(child.id() as i32);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait());
-    });
-    match rx.recv_timeout(timeout) {
-        Ok(Ok(status)) => Ok(status),
-        Ok(Err(e)) => Err(format!("waiting: {e}")),
-        Err(_) => {
-            if let Some(p) = process {
-                p.signal(libc::SIGKILL);
-            }
-            let _ = rx.recv_timeout(Duration::from_secs(10));
-            Err(format!("no exit within {timeout:?}: killed"))
-        }
-    }
-}
-
-/// Polls `done` every 20 ms until it holds or `timeout` passes.
-fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if done() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Reaps whichever of our children (adopted ones included) have exited.
-fn reap_children() {
-    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-    while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-        if status == WaitStatus::StillAlive {
-            break;
-        }
-    }
-}
-
-/// Every process below `pid`, found by the parent pids in `/proc`.
-fn descendants(pid: i32) -> Vec<i32> {
-    let parents: Vec<(i32, i32)> = std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(|p| Some((p, Stat::read(p)?.ppid)))
-        .collect();
-    let mut found = vec![pid];
-    let mut i = 0;
-    while i < found.len() {
-        let parent = found[i];
-        found.extend(
-            parents
-                .iter()
-                .filter(|(_, pp)| *pp == parent)
-                .map(|(p, _)| *p),
-        );
-        i += 1;
-    }
-    found.remove(0);
-    found
 }
 
 fn comm(pid: i32) -> String {

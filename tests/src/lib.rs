@@ -20,4 +20,5 @@ pub mod docker;
 pub mod guest;
 pub mod netns;
 pub mod podman;
+pub mod processes;
 pub mod rootfs;

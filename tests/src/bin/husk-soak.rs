@@ -69,6 +69,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use husk_runtime::store::Store;
+use husk_tests::processes::{become_subreaper, reap_children};
 use husk_tests::{cli, containers, docker, guest, netns, rootfs};
 
 /// How long one `husk` command may take (a VM boots under TCG, and the
@@ -164,13 +165,7 @@ fn husk_binary(opts: &Options) -> Result<PathBuf> {
 /// Runs the soak; whether every count held.
 fn run(opts: &Options) -> Result<bool> {
     let husk = husk_binary(opts)?;
-    // SAFETY: prctl with integer arguments only.
-    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
-        bail!(
-            "PR_SET_CHILD_SUBREAPER: {}",
-            std::io::Error::last_os_error()
-        );
-    }
+    become_subreaper().map_err(anyhow::Error::msg)?;
     let soak = Soak::new(husk)?;
     println!(
         "husk-soak: {} lifecycles, a sample every {}, husk {}, in {}",
@@ -653,18 +648,6 @@ fn status_code(out: &Output) -> i32 {
         .code()
         .or_else(|| out.status.signal().map(|s| 128 + s))
         .unwrap_or(-1)
-}
-
-/// Reaps every exited child: the proxies and daemons husk leaves behind
-/// are re-parented to the soak, a subreaper. Only called between husk
-/// commands, so no status a `Command` waits for is taken.
-fn reap_children() {
-    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-    while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-        if status == WaitStatus::StillAlive {
-            break;
-        }
-    }
 }
 
 /// A process on the host.

@@ -1,0 +1,121 @@
+//! Host processes as the benches and the soak see them: waiting for a
+//! child with a deadline, reaping what husk leaves to a subreaper, and
+//! finding a sandbox process's descendants (QEMU).
+
+use std::process::{Child, ExitStatus};
+use std::time::{Duration, Instant};
+
+use husk_runtime::host_process::{HostProcess, Stat};
+
+/// Makes this process the subreaper of its descendants, so that the
+/// proxies and sandbox processes a detached `husk run` leaves are reaped
+/// here (by [`reap_children`]) rather than left as zombies.
+pub fn become_subreaper() -> Result<(), String> {
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        return Err(format!(
+            "PR_SET_CHILD_SUBREAPER: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+/// Waits for `child` up to `timeout`; past it the child is killed and the
+/// wait fails.
+pub fn wait_child(mut child: Child, timeout: Duration) -> Result<ExitStatus, String> {
+    let process = HostProcess::of(child.id() as i32);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(Ok(status)) => Ok(status),
+        Ok(Err(e)) => Err(format!("waiting: {e}")),
+        Err(_) => {
+            if let Some(p) = process {
+                p.signal(libc::SIGKILL);
+            }
+            let _ = rx.recv_timeout(Duration::from_secs(10));
+            Err(format!("no exit within {timeout:?}: killed"))
+        }
+    }
+}
+
+/// Polls `done` every 20 ms until it holds (true) or `timeout` passes
+/// (false).
+pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Reaps every exited child without waiting. Call it only between
+/// commands, so that no status a `Command` waits for is taken.
+pub fn reap_children() {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+        if status == WaitStatus::StillAlive {
+            break;
+        }
+    }
+}
+
+/// Every descendant of `pid` alive now (children, their children, ...),
+/// not `pid` itself.
+pub fn descendants(pid: i32) -> Vec<i32> {
+    let parents: Vec<(i32, i32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|p| Some((p, Stat::read(p)?.ppid)))
+        .collect();
+    let mut found = vec![pid];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(
+            parents
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_child_and_its_child_are_descendants_and_a_slow_child_is_killed() {
+        let mut sh = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & wait"])
+            .spawn()
+            .unwrap();
+        let pid = sh.id() as i32;
+        assert!(wait_until(Duration::from_secs(10), || descendants(pid)
+            .len()
+            == 1));
+        let _ = sh.kill();
+        let _ = sh.wait();
+
+        let slow = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let err = wait_child(slow, Duration::from_millis(100)).unwrap_err();
+        assert!(err.contains("killed"), "{err}");
+    }
+}
