@@ -52,6 +52,9 @@ pub enum Error {
         /// The end of the guest's console.
         console: String,
     },
+    /// The sandbox directory could not be made a mount of its own.
+    #[error(transparent)]
+    Jail(#[from] super::mount_ns::Error),
     /// A blocking hypervisor call could not be run.
     #[error("hypervisor task failed: {0}")]
     Task(String),
@@ -79,6 +82,11 @@ impl SandboxVm {
         let begun = Instant::now();
         spec.sandbox.create()?;
         let dir = spec.sandbox.clone();
+        // Before any backend opens it (see mount_ns).
+        if let Err(e) = super::mount_ns::pin(dir.path()) {
+            let _ = dir.remove();
+            return Err(Error::Jail(e));
+        }
         // Listening before the VM starts, so the guest's line cannot be early.
         let ready = match ReadyListener::bind(&dir.vsock_socket()) {
             Ok(ready) => ready,
