@@ -368,7 +368,7 @@ if [[ $main_up -eq 0 ]]; then
                 "$sandbox_dir"/shared/*) binds=$((binds + 1)) ;;
                 *) others=$((others + 1)) ;;
             esac
-        done < <(awk '{print $5}' "$mountinfo")
+        done <<<"$(awk '{print $5}' "$mountinfo")"
         ((others == 0 && binds >= 1)) \
             && awk '$5 == "/" {print $6, $(NF - 2)}' "$mountinfo" | grep -q '^ro,.* tmpfs$' \
             && [[ -S /proc/$sandbox_pid/root$sandbox_dir/vsock.sock ]] \
