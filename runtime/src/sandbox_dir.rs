@@ -79,13 +79,14 @@ impl SandboxDir {
     ///
     /// A sandbox process confined to the directory
     /// ([`crate::service::mount_ns`]) can only empty it: there it is a mount
-    /// point, which `delete` removes from the host's side afterwards.
+    /// point on a read-only root, which `delete` removes from the host's
+    /// side afterwards.
     pub fn remove(&self) -> Result<(), Error> {
         crate::service::mount_ns::unpin(&self.path);
         match std::fs::remove_dir_all(&self.path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e)
-                if e.raw_os_error() == Some(libc::EBUSY)
+                if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EROFS))
                     && crate::service::mount_ns::is_confined()
                     && is_empty(&self.path) =>
             {

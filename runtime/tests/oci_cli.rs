@@ -1167,6 +1167,17 @@ fn the_sandbox_process_sees_only_its_sandbox_directory() {
     // SAFETY: kill(2) of the sandbox process this test's run started.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
     w.force_clean("jail1");
+
+    // A confined sandbox process taken down the usual way empties its
+    // directory without complaint; delete removes the directory itself.
+    let short = w.bundle("jail-run", &["true"], |_| {});
+    w.run_ok(&short, "jail2");
+    w.assert_clean();
+    assert!(
+        !warned(&w.log, "stopping the VM"),
+        "{}",
+        std::fs::read_to_string(&w.log).unwrap_or_default()
+    );
 }
 
 /// Whether `log` (husk's `--log-format json` log) has a warning whose

@@ -244,3 +244,118 @@ fn mount_proc(at: &Path) -> Result<(), Error> {
     }
     mount(Some("proc"), at, Some("proc"), flags, None::<&str>).map_err(step("mount /proc"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// In a forked child (none of this can be undone, and `enter` needs a
+    /// single thread): enters a namespace, pins `dir`, binds `source` under
+    /// its share, opens the share as virtio-fs would, confines itself; then
+    /// reports its mount points, what it can reach, and what it reads
+    /// through the descriptor opened before the pivot.
+    fn confined_view(dir: &Path, source: &Path) -> String {
+        let (read, write) = nix::unistd::pipe().unwrap();
+        let (mut read, write) = (File::from(read), File::from(write));
+        // SAFETY: the child makes syscalls, writes to the pipe and `_exit`s.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let mut write = write;
+            let report = (|| -> Result<String, String> {
+                enter().map_err(|e| e.to_string())?;
+                pin(dir).map_err(|e| e.to_string())?;
+                let target = dir.join("shared/c/rootfs");
+                std::fs::create_dir_all(&target).map_err(|e| e.to_string())?;
+                mount(
+                    Some(source),
+                    &target,
+                    None::<&str>,
+                    MsFlags::MS_BIND,
+                    None::<&str>,
+                )
+                .map_err(|e| e.to_string())?;
+                let share = File::open(dir.join("shared")).map_err(|e| e.to_string())?;
+                confine(dir).map_err(|e| e.to_string())?;
+                let mut points: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+                    .unwrap_or_default()
+                    .lines()
+                    .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+                    .collect();
+                points.sort();
+                let by_fd = nix::fcntl::openat(
+                    Some(share.as_raw_fd()),
+                    "c/rootfs/file",
+                    nix::fcntl::OFlag::O_RDONLY,
+                    nix::sys::stat::Mode::empty(),
+                )
+                .map(|fd| {
+                    // SAFETY: a fresh fd from openat, owned here.
+                    let mut f = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+                    let mut s = String::new();
+                    let _ = f.read_to_string(&mut s);
+                    s
+                })
+                .unwrap_or_else(|e| format!("error {e}"));
+                Ok(format!(
+                    "points={}\npasswd={}\nsource={}\nby_path={}\nby_fd={}\n",
+                    points.join(","),
+                    Path::new("/etc/passwd").exists(),
+                    source.exists(),
+                    std::fs::read_to_string(target.join("file")).unwrap_or_default(),
+                    by_fd
+                ))
+            })();
+            let out = report.unwrap_or_else(|e| format!("error: {e}"));
+            let _ = write.write_all(out.as_bytes());
+            // SAFETY: ends the child without the parent's atexit handlers.
+            unsafe { libc::_exit(0) };
+        }
+        drop(write);
+        let mut out = String::new();
+        read.read_to_string(&mut out).unwrap();
+        let mut status = 0;
+        // SAFETY: our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        out
+    }
+
+    #[test]
+    fn a_confined_process_sees_its_directory_and_binds_and_the_host_sees_none() {
+        if !caps::has_cap(
+            None,
+            caps::CapSet::Effective,
+            caps::Capability::CAP_SYS_ADMIN,
+        )
+        .unwrap_or(false)
+        {
+            eprintln!("skipped: needs CAP_SYS_ADMIN (run as root)");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let source = tmp.path().join("volume");
+        std::fs::create_dir(&source).unwrap();
+        std::fs::write(source.join("file"), "host file").unwrap();
+        let dir = tmp.path().join("sandboxes").join("s1");
+        std::fs::create_dir_all(dir.join("shared")).unwrap();
+
+        let out = confined_view(&dir, &source);
+        let d = dir.display();
+        assert_eq!(
+            out,
+            format!(
+                "points=/,/proc,{d},{d}/shared/c/rootfs\npasswd=false\nsource=false\n\
+                 by_path=host file\nby_fd=host file\n"
+            )
+        );
+        // Nothing of it on the host; the child's mounts died with it.
+        let host = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!host.contains(tmp.path().to_str().unwrap()), "{host}");
+        std::fs::remove_dir(dir.join("shared/c/rootfs")).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(source.join("file")).unwrap(),
+            "host file"
+        );
+    }
+}
