@@ -76,10 +76,24 @@ impl SandboxDir {
     }
 
     /// Removes the directory and everything in it; a missing one is fine.
+    ///
+    /// A sandbox process confined to the directory
+    /// ([`crate::service::mount_ns`]) can only empty it: there it is a mount
+    /// point on a read-only root, which `delete` removes from the host's
+    /// side afterwards.
     pub fn remove(&self) -> Result<(), Error> {
+        crate::service::mount_ns::unpin(&self.path);
         match std::fs::remove_dir_all(&self.path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(self.io(&self.path, e)),
-            _ => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e)
+                if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EROFS))
+                    && crate::service::mount_ns::is_confined()
+                    && is_empty(&self.path) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(self.io(&self.path, e)),
+            Ok(()) => Ok(()),
         }
     }
 
@@ -160,6 +174,11 @@ pub fn validate_id(id: &str) -> Result<(), Error> {
 /// that know the directory only by its path (the container's record).
 pub fn vsock_socket_in(dir: &Path) -> PathBuf {
     dir.join("vsock.sock")
+}
+
+/// Whether `dir` is a directory with nothing in it.
+fn is_empty(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none())
 }
 
 /// How much of a log's end goes into an error message.

@@ -1055,6 +1055,131 @@ fn a_cli_or_host_process_killed_at_any_stage_is_cleaned_up_by_delete_force() {
     }
 }
 
+/// Hardening (issue 13): once its VM is up, the sandbox process runs in a
+/// mount namespace of its own (QEMU, its child, shares it) whose root is a
+/// read-only tmpfs holding only its sandbox directory, at its host path,
+/// with the share's binds under it, and a /proc. Read from the host
+/// through `/proc/<pid>/mountinfo` and `/proc/<pid>/root`: no host file is
+/// reachable, the host's mount table shows none of the binds, the
+/// container still works (exec, a volume's file through virtio-fs), and a
+/// SIGKILLed sandbox process leaves no mount behind for `delete --force`.
+#[test]
+fn the_sandbox_process_sees_only_its_sandbox_directory() {
+    let w = World::new();
+    let source = w.tmp.path().join("volume-src");
+    std::fs::create_dir_all(&source).unwrap();
+    std::fs::write(source.join("file"), "from the host\n").unwrap();
+    let bundle = w.bundle("jail", &["sh", "-c", "while :; do sleep 1; done"], |spec| {
+        let mut mounts = spec.mounts().clone().unwrap_or_default();
+        mounts.push(
+            oci_spec::runtime::MountBuilder::default()
+                .destination("/data")
+                .typ("bind")
+                .source(&source)
+                .options(["rbind", "ro"].map(String::from).to_vec())
+                .build()
+                .unwrap(),
+        );
+        spec.set_mounts(Some(mounts));
+    });
+    w.run_detached(&bundle, "jail1");
+    let record = w.record("jail1");
+    let pid = record["sandbox"]["pid"].as_i64().unwrap();
+    let dir = record["sandbox_dir"].as_str().unwrap().to_owned();
+
+    // mountinfo: id parent major:minor root mount-point options ... - type source super-options
+    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    let mounts: Vec<(&str, &str, &str)> = mountinfo
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let fstype = l.split(" - ").nth(1).and_then(|t| t.split(' ').next());
+            (f[4], f[5], fstype.unwrap_or(""))
+        })
+        .collect();
+    let binds_under = format!("{dir}/shared/");
+    for (point, _, _) in &mounts {
+        assert!(
+            ["/", "/proc", dir.as_str()].contains(point) || point.starts_with(&binds_under),
+            "unexpected mount {point} in the sandbox process's table:\n{mountinfo}"
+        );
+    }
+    for expected in ["/", "/proc", dir.as_str()] {
+        assert!(
+            mounts.iter().any(|(p, _, _)| *p == expected),
+            "no {expected} in:\n{mountinfo}"
+        );
+    }
+    let binds = mounts
+        .iter()
+        .filter(|(p, _, _)| p.starts_with(&binds_under))
+        .count();
+    assert!(
+        binds >= 2,
+        "the rootfs and the volume are not both bound:\n{mountinfo}"
+    );
+    let (_, root_options, root_type) = mounts.iter().find(|(p, _, _)| *p == "/").unwrap();
+    assert_eq!(*root_type, "tmpfs", "{mountinfo}");
+    assert!(root_options.starts_with("ro,"), "{mountinfo}");
+
+    // Nothing of the host through its root; its own sockets at their paths.
+    let root = format!("/proc/{pid}/root");
+    for host_path in [
+        "/etc/passwd".into(),
+        "/home".into(),
+        "/usr/bin".into(),
+        w.config.to_str().unwrap().to_owned(),
+        w.root.to_str().unwrap().to_owned(),
+        source.to_str().unwrap().to_owned(),
+    ] {
+        assert!(
+            !Path::new(&format!("{root}{host_path}")).exists(),
+            "{host_path} is reachable from the sandbox process"
+        );
+    }
+    assert!(Path::new(&format!("{root}{dir}/vsock.sock")).exists());
+
+    // QEMU lives in the same namespace (it keeps it alive if orphaned).
+    let ns = |pid: i32| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).unwrap();
+    let qemu = qemus_naming(&dir);
+    assert_eq!(qemu.len(), 1, "{qemu:?}");
+    assert_eq!(ns(qemu[0]), ns(pid as i32));
+    assert_ne!(
+        ns(pid as i32),
+        std::fs::read_link("/proc/self/ns/mnt").unwrap()
+    );
+
+    // The host never sees the binds.
+    let host = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !host.contains(&dir),
+        "the host sees mounts of {dir}:\n{host}"
+    );
+
+    // The container works through the confined process.
+    assert_eq!(
+        w.ok(&["exec", "jail1", "cat", "/data/file"]),
+        "from the host\n"
+    );
+
+    // Killed, the sandbox process takes its binds with it (once delete has
+    // ended the QEMU it leaves).
+    // SAFETY: kill(2) of the sandbox process this test's run started.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    w.force_clean("jail1");
+
+    // A confined sandbox process taken down the usual way empties its
+    // directory without complaint; delete removes the directory itself.
+    let short = w.bundle("jail-run", &["true"], |_| {});
+    w.run_ok(&short, "jail2");
+    w.assert_clean();
+    assert!(
+        !warned(&w.log, "stopping the VM"),
+        "{}",
+        std::fs::read_to_string(&w.log).unwrap_or_default()
+    );
+}
+
 /// Whether `log` (husk's `--log-format json` log) has a warning whose
 /// message contains `needle`.
 fn warned(log: &Path, needle: &str) -> bool {

@@ -356,6 +356,32 @@ running_checks() {
     }
     check "${p}the sandbox process: reduced capabilities and no_new_privs" \
         "pid ${sandbox_pid:-none}: $(grep -E '^(Cap|NoNewPrivs)' "$status_file" 2>&1 | tr '\n' ' ')" jailed
+
+    # Past boot it sees only its sandbox directory (runtime/src/service/
+    # mount_ns.rs): its own mount table holds a read-only tmpfs root, the
+    # sandbox directory with the share's binds under it, and /proc; no host
+    # file is reachable through its root; the host sees none of its binds.
+    mountinfo=/proc/${sandbox_pid:-none}/mountinfo
+    sandbox_dir=$(awk '{print $5}' "$mountinfo" 2>/dev/null | grep -m1 "^$SANDBOXES/[^/]*\$")
+    confined() {
+        [[ -r $mountinfo && -n $sandbox_dir ]] || return 1
+        local point others=0 binds=0
+        while read -r point; do
+            case $point in
+                / | /proc | "$sandbox_dir") ;;
+                "$sandbox_dir"/shared/*) binds=$((binds + 1)) ;;
+                *) others=$((others + 1)) ;;
+            esac
+        done <<<"$(awk '{print $5}' "$mountinfo")"
+        ((others == 0 && binds >= 1)) \
+            && awk '$5 == "/" {print $6, $(NF - 2)}' "$mountinfo" | grep -q '^ro,.* tmpfs$' \
+            && [[ -S /proc/$sandbox_pid/root$sandbox_dir/vsock.sock ]] \
+            && [[ ! -e /proc/$sandbox_pid/root/etc/passwd && ! -e /proc/$sandbox_pid/root$W/builtin.toml ]] \
+            && ! grep -q " $sandbox_dir/" /proc/self/mountinfo
+    }
+    check "${p}the sandbox process: sees only its sandbox directory" \
+        "pid ${sandbox_pid:-none}, dir ${sandbox_dir:-none}: $(awk '{print $5, $6, $(NF - 2)}' "$mountinfo" 2>&1 | tr '\n' ';')" \
+        confined
 }
 
 if [[ $main_up -eq 0 ]]; then

@@ -116,6 +116,11 @@ pub fn sandbox_daemon(g: &Global, id: &str) -> anyhow::Result<i32> {
         reporter.error(&format!("sandbox process: {e}"));
         return Ok(1);
     }
+    // Also while it has one thread; QEMU, its child, inherits the namespace.
+    if let Err(e) = crate::service::mount_ns::enter() {
+        reporter.error(&format!("sandbox process: {e}"));
+        return Ok(1);
+    }
     let config = g.load_config()?;
     Ok(daemon::run(&g.store(), id, &config, reporter))
 }

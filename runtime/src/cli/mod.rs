@@ -71,11 +71,15 @@ impl Global {
         Ok(Config::load(self.config.as_deref())?)
     }
 
-    /// The flags again, for husk's own child processes.
+    /// The flags again, for husk's own child processes, with absolute
+    /// paths: the sandbox process works from `/` (service::mount_ns).
     pub fn to_args(&self) -> Vec<OsString> {
-        let mut args: Vec<OsString> = vec!["--root".into(), self.root.clone().into()];
+        let absolute = |p: &PathBuf| -> OsString {
+            std::path::absolute(p).unwrap_or_else(|_| p.clone()).into()
+        };
+        let mut args: Vec<OsString> = vec!["--root".into(), absolute(&self.root)];
         if let Some(log) = &self.log {
-            args.extend(["--log".into(), log.clone().into()]);
+            args.extend(["--log".into(), absolute(log)]);
         }
         let format = match self.log_format {
             LogFormat::Json => "json",
@@ -86,7 +90,7 @@ impl Global {
             args.push("--debug".into());
         }
         if let Some(config) = &self.config {
-            args.extend(["--config".into(), config.clone().into()]);
+            args.extend(["--config".into(), absolute(config)]);
         }
         args
     }

@@ -14,6 +14,7 @@
 
 pub mod boot_stages;
 pub mod from_template;
+pub mod mount_ns;
 pub mod share;
 pub mod stdio;
 pub mod vm;
@@ -52,6 +53,8 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 
 /// How long the VM gets to power off after the agent destroyed the sandbox.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long a killed leftover process gets to be gone.
+const LEFTOVER_GONE: Duration = Duration::from_secs(5);
 /// How long the agent gets to remove a container.
 const REMOVE_TIMEOUT_SECS: u32 = 5;
 
@@ -429,6 +432,13 @@ impl Sandbox {
         Ok(())
     }
 
+    /// Confines the calling process (when it has a mount namespace of its
+    /// own, [`mount_ns::enter`]) to the sandbox directory: called once the
+    /// VM is up and the containers it will ever hold are shared.
+    pub fn confine(&self) -> Result<(), Error> {
+        mount_ns::confine(self.vm.dir().path()).map_err(|e| Error::new(e.to_string()))
+    }
+
     /// Removes every container, unmounts the share, stops the VM and
     /// removes the sandbox directory, in that order.
     pub async fn down(mut self) {
@@ -436,7 +446,9 @@ impl Sandbox {
         for id in ids {
             self.remove_container(&id).await;
         }
-        let dir = self.vm.dir().path().to_owned();
+        // The binds are all under the share; the sandbox directory itself
+        // is a mount of its own in a confined sandbox process (mount_ns).
+        let dir = self.vm.dir().shared_dir();
         share::unmount_all_under(&dir);
         if share::has_mounts_under(&dir) {
             // Never let the directory's removal reach into a host path.
@@ -494,14 +506,21 @@ async fn wire_network(network: Network) -> Result<HostNetwork, Error> {
 }
 
 /// Removes a sandbox directory whose owner (a CLI sandbox process or a
-/// shim) was killed: kills what still runs on it (its QEMU), then unmounts
-/// its binds, and never removes through a mount still in place. Returns
+/// shim) was killed: kills what still runs on it (its QEMU) and waits for
+/// it to be gone (a CLI sandbox's binds live in a mount namespace that
+/// QEMU keeps alive), then unmounts the binds a shim left in this
+/// namespace, and never removes through a mount still in place. Returns
 /// the pids of the processes it killed.
 pub fn remove_leftover(dir: &Path) -> Vec<i32> {
     if !dir.exists() {
         return Vec::new();
     }
     let killed = kill_processes_using(dir);
+    for &pid in &killed {
+        if let Some(process) = HostProcess::of(pid) {
+            process.wait_gone(LEFTOVER_GONE);
+        }
+    }
     share::unmount_all_under(dir);
     if share::has_mounts_under(dir) {
         tracing::error!(dir = %dir.display(), "mounts remain; not removing");

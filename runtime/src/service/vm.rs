@@ -54,6 +54,9 @@ pub enum Error {
         /// The end of the guest's console.
         console: String,
     },
+    /// The sandbox directory could not be made a mount of its own.
+    #[error(transparent)]
+    Jail(#[from] super::mount_ns::Error),
     /// A blocking hypervisor call could not be run.
     #[error("hypervisor task failed: {0}")]
     Task(String),
@@ -91,8 +94,7 @@ impl SandboxVm {
         agent_timeout: Duration,
     ) -> Result<Self, Error> {
         let begun = Instant::now();
-        spec.sandbox.create()?;
-        let dir = spec.sandbox.clone();
+        let dir = create_dir(&spec.sandbox)?;
         // Listening before the VM starts, so the guest's line cannot be early.
         let ready = match ReadyListener::bind(&dir.vsock_socket()) {
             Ok(ready) => ready,
@@ -155,8 +157,7 @@ impl SandboxVm {
         agent_timeout: Duration,
     ) -> Result<Self, Error> {
         let begun = Instant::now();
-        spec.sandbox.create()?;
-        let dir = spec.sandbox.clone();
+        let dir = create_dir(&spec.sandbox)?;
         let mut builtin = Builtin::new();
         let restored = blocking(move || {
             let r = template
@@ -301,6 +302,18 @@ async fn connect_agent(
         "agent answers"
     );
     Ok(agent)
+}
+
+/// Creates the sandbox directory `dir` and pins it (see
+/// [`mount_ns::pin`](super::mount_ns::pin)) before any backend opens it,
+/// so that its descriptors survive the sandbox process's confinement.
+fn create_dir(dir: &SandboxDir) -> Result<SandboxDir, Error> {
+    dir.create()?;
+    if let Err(e) = super::mount_ns::pin(dir.path()) {
+        let _ = dir.remove();
+        return Err(Error::Jail(e));
+    }
+    Ok(dir.clone())
 }
 
 /// Milliseconds since `since`, for a stage's `ms` field.

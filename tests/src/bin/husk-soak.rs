@@ -24,7 +24,9 @@
 //!   everything `create` leaves behind is re-parented to it, never lost to
 //!   init);
 //! - open fds summed over all of those processes;
-//! - mounts under the temporary directory or `/run/husk`;
+//! - mounts under the temporary directory or `/run/husk`, in the host's
+//!   mount namespace and in those of the processes counted above (the
+//!   sandbox process makes the share's binds in its own);
 //! - Unix sockets (`/proc/net/unix`) under the temporary directory;
 //! - tap devices in the host's network namespace (husk makes its taps in
 //!   the container's namespace, so there should be none of its own);
@@ -506,7 +508,7 @@ impl Soak {
                 by_dir.len() as u64,
                 by_name.len() as u64,
                 fds,
-                mounts_under(&[&dir, RUN_HUSK]),
+                mounts_under(&[&dir, RUN_HUSK], by_dir.union(&by_name).copied()),
                 unix_sockets_under(&dir),
                 host_taps(),
                 entries(Path::new(netns::RUN_NETNS), |name| {
@@ -534,7 +536,7 @@ impl Soak {
     /// under it: removal would reach through a sandbox's binds.
     fn remove(self) {
         let dir = self.dir().to_string_lossy().into_owned();
-        if mounts_under(&[&dir]) > 0 {
+        if mounts_under(&[&dir], []) > 0 {
             eprintln!("husk-soak: mounts left under {dir}: keeping it");
             let _ = self.tmp.keep();
         }
@@ -755,15 +757,30 @@ fn is_under(path: &str, prefix: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
-/// Mounts (in this mount namespace, the host's) at or below any of `dirs`.
-fn mounts_under(dirs: &[&str]) -> u64 {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    mountinfo
-        .lines()
-        // The fifth field is the mount point.
-        .filter_map(|line| line.split(' ').nth(4))
-        .filter(|point| dirs.iter().any(|dir| is_under(point, dir)))
-        .count() as u64
+/// Mounts at or below any of `dirs`, in this mount namespace (the host's)
+/// and in each other one a process of `pids` is in: the CLI's sandbox
+/// process makes the share's binds in a namespace of its own, which lives
+/// as long as it (or the QEMU it started) does.
+fn mounts_under(dirs: &[&str], pids: impl IntoIterator<Item = i32>) -> u64 {
+    let mut seen = BTreeSet::new();
+    let mut count = 0;
+    for pid in std::iter::once(std::process::id() as i32).chain(pids) {
+        let Ok(ns) = std::fs::read_link(format!("/proc/{pid}/ns/mnt")) else {
+            continue;
+        };
+        if !seen.insert(ns) {
+            continue;
+        }
+        let mountinfo =
+            std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
+        count += mountinfo
+            .lines()
+            // The fifth field is the mount point.
+            .filter_map(|line| line.split(' ').nth(4))
+            .filter(|point| dirs.iter().any(|dir| is_under(point, dir)))
+            .count() as u64;
+    }
+    count
 }
 
 /// Unix sockets bound at or below `dir` in the host's network namespace.

@@ -97,6 +97,12 @@ async fn up(store: &Store, id: &str, config: &Config) -> Result<Sandbox, String>
         sandbox.down().await;
         return Err(e.to_string());
     }
+    // The container holds everything this sandbox will ever share: from
+    // now on the process sees only its sandbox directory.
+    if let Err(e) = sandbox.confine() {
+        sandbox.down().await;
+        return Err(e.to_string());
+    }
     Ok(sandbox)
 }
 
