@@ -50,9 +50,12 @@ impl TemplateKey {
     pub fn new(spec: &VmSpec, cmdline: &str) -> io::Result<Self> {
         let mut key = String::from("husk-template 1\n");
         let _ = writeln!(key, "husk {}", env!("CARGO_PKG_VERSION"));
-        let exe = std::env::current_exe()?;
+        // By /proc/self/exe, not by the path it names: stat follows the
+        // link to the running file itself, where that path may not resolve
+        // (a sandbox process in its own mount namespace under a chroot, as
+        // in the nested layer's L1).
         for (what, path) in [
-            ("binary", exe.as_path()),
+            ("binary", Path::new("/proc/self/exe")),
             ("kernel", spec.kernel.as_path()),
             ("initrd", spec.initrd.as_path()),
         ] {
