@@ -79,6 +79,9 @@ pub struct SandboxVm {
     /// without locking.
     hypervisor: std::sync::Mutex<Box<dyn Hypervisor>>,
     agent: AgentServiceClient,
+    /// Whether the VM was restored from a template (its NICs then still
+    /// have the template's placeholder MACs).
+    restored: bool,
 }
 
 impl SandboxVm {
@@ -138,7 +141,7 @@ impl SandboxVm {
             let remaining = agent_timeout.saturating_sub(booting.elapsed());
             connect_agent(&socket, remaining).await
         };
-        let attached = Self::attach(hypervisor, dir, connect).await;
+        let attached = Self::attach(hypervisor, dir, connect, false).await;
         drop(ready);
         attached
     }
@@ -184,7 +187,7 @@ impl SandboxVm {
         );
         let socket = dir.vsock_socket();
         let connect = connect_agent(&socket, agent_timeout);
-        Self::attach(Box::new(builtin), dir, connect).await
+        Self::attach(Box::new(builtin), dir, connect, true).await
     }
 
     /// Waits for `connect` while watching the VM: the sandbox once the
@@ -194,6 +197,7 @@ impl SandboxVm {
         mut hypervisor: Box<dyn Hypervisor>,
         dir: SandboxDir,
         connect: impl std::future::Future<Output = Result<AgentServiceClient, agent_client::Error>>,
+        restored: bool,
     ) -> Result<Self, Error> {
         let connected = tokio::select! {
             r = connect => Ok(r),
@@ -204,6 +208,7 @@ impl SandboxVm {
                 dir,
                 hypervisor: std::sync::Mutex::new(hypervisor),
                 agent,
+                restored,
             }),
             Err(exit) => {
                 let console = dir.console_tail();
@@ -226,6 +231,11 @@ impl SandboxVm {
     /// The agent's client.
     pub fn agent(&self) -> &AgentServiceClient {
         &self.agent
+    }
+
+    /// Whether the VM was restored from a template rather than booted.
+    pub fn restored(&self) -> bool {
+        self.restored
     }
 
     /// The sandbox directory.
