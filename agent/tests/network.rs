@@ -256,6 +256,86 @@ async fn interfaces_routes_and_neighbours_are_configured() {
     );
 }
 
+/// A restored guest's NIC: found by the template's placeholder MAC, given
+/// the sandbox's MAC (while down), then named, addressed and brought up as
+/// usual; the placeholder no longer names any link.
+#[tokio::test]
+async fn a_nic_found_by_its_current_mac_gets_the_requested_mac_and_addresses() {
+    const PLACEHOLDER: &str = "02:68:75:73:6b:00";
+    let agent = Agent::start_in_netns(&[]);
+    ip(
+        &agent,
+        &format!("link add eth0 address {PLACEHOLDER} type veth peer name peer0"),
+    );
+    // Up, as a driver might have left it: the agent must take it down.
+    ip(&agent, "link set peer0 up");
+    ip(&agent, "link set eth0 up");
+    let client = agent.client().await;
+    let mut request = interface("eth0", MAC_A, 1400, vec![address("10.88.0.2", 24)]);
+    if let Some(i) = request.interface.as_mut() {
+        i.current_mac = PLACEHOLDER.into();
+    }
+    let eth0 = client
+        .update_interface(ctx(), &request)
+        .await
+        .expect("update eth0 by its current MAC");
+    assert_eq!(
+        (eth0.name.as_str(), eth0.mac.as_str(), eth0.mtu),
+        ("eth0", MAC_A, 1400)
+    );
+    let addresses: Vec<(String, u32)> = eth0
+        .addresses
+        .iter()
+        .map(|a| (a.address.clone(), a.prefix_len))
+        .collect();
+    assert_eq!(addresses, [("10.88.0.2".into(), 24)]);
+    let link = ip(&agent, "-o link show eth0");
+    assert!(link.contains(&format!("link/ether {MAC_A}")), "{link}");
+    assert!(link.contains(",UP"), "{link}");
+    assert!(!ip(&agent, "-o link").contains(PLACEHOLDER));
+    let addr = ip(&agent, "-o -4 addr show eth0");
+    assert!(addr.contains("10.88.0.2/24"), "{addr}");
+
+    // The same request again: no link has the placeholder any more.
+    let err = client
+        .update_interface(ctx(), &request)
+        .await
+        .expect_err("the placeholder is gone");
+    assert!(
+        err.to_string()
+            .contains(&format!("no network interface with MAC {PLACEHOLDER}")),
+        "{err}"
+    );
+    // A bad current MAC is refused like a bad MAC.
+    if let Some(i) = request.interface.as_mut() {
+        i.current_mac = "01:00:5e:00:00:01".into();
+    }
+    let err = client
+        .update_interface(ctx(), &request)
+        .await
+        .expect_err("multicast current MAC");
+    assert!(err.to_string().contains("not a unicast"), "{err}");
+    // Another link already has the requested MAC: refused, nothing changed.
+    ip(
+        &agent,
+        &format!("link add eth1 address {PLACEHOLDER} type veth peer name peer1"),
+    );
+    if let Some(i) = request.interface.as_mut() {
+        i.current_mac = PLACEHOLDER.into();
+        i.name = "eth1".into();
+    }
+    let err = client
+        .update_interface(ctx(), &request)
+        .await
+        .expect_err("the MAC is eth0's");
+    assert!(err.to_string().contains("already eth0's"), "{err}");
+    let link = ip(&agent, "-o link show eth1");
+    assert!(
+        link.contains(&format!("link/ether {PLACEHOLDER}")),
+        "{link}"
+    );
+}
+
 /// The error of an `UpdateRoutes` with `routes` that the agent must refuse.
 async fn routes_refused(client: &AgentServiceClient, routes: Vec<Route>) -> ttrpc::Error {
     client

@@ -64,6 +64,11 @@ impl TemplateKey {
         let _ = writeln!(key, "vcpus {}", spec.vcpus);
         let _ = writeln!(key, "memory_mib {}", spec.memory_mib);
         let _ = writeln!(key, "nics {}", spec.nics.len());
+        // The guest's driver takes each NIC's MTU (its maximum, too) from
+        // the device at probe; the MAC it is given afterwards.
+        for (i, nic) in spec.nics.iter().enumerate() {
+            let _ = writeln!(key, "nic {i} mtu {}", nic.config.mtu);
+        }
         let _ = writeln!(key, "cmdline {cmdline}");
         Ok(Self(key))
     }
@@ -291,6 +296,29 @@ mod tests {
         other.memory_mib *= 2;
         assert!(differs(&other, "console=ttyS0 quiet"));
         assert!(differs(&s, "console=ttyS0"));
+        // The NIC count and each NIC's MTU (the guest's driver keeps both).
+        if let (Some(a), Some(b)) = (test_support::nic(1, 1500), test_support::nic(2, 9000)) {
+            let mut one = s.clone();
+            one.nics.push(a.clone());
+            assert!(differs(&one, "console=ttyS0 quiet"));
+            let one_key = TemplateKey::new(&one, "console=ttyS0 quiet").unwrap();
+            assert!(one_key.as_str().contains("nics 1\nnic 0 mtu 1500\n"));
+            let mut jumbo = s.clone();
+            jumbo.nics.push(b.clone());
+            assert_ne!(
+                TemplateKey::new(&jumbo, "console=ttyS0 quiet").unwrap(),
+                one_key
+            );
+            // Another MAC (every sandbox has its own) is the same template.
+            let mut other_mac = one.clone();
+            other_mac.nics[0].config.mac[5] = 9;
+            assert_eq!(
+                TemplateKey::new(&other_mac, "console=ttyS0 quiet").unwrap(),
+                one_key
+            );
+            one.nics.push(b);
+            assert!(differs(&one, "console=ttyS0 quiet"));
+        }
         // A rebuilt initrd (same path, new inode and mtime).
         std::fs::remove_file(&s.initrd).unwrap();
         std::fs::write(&s.initrd, b"initrd 2").unwrap();

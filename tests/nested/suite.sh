@@ -646,6 +646,42 @@ PY
 else
     not_ok "snapshot: a template to corrupt" "none in $W/templates"
 fi
+
+# (d) a sandbox with a NIC (the network check of 5b, restored): its key
+# has one NIC, so it makes a template of its own, booted with a
+# placeholder tap in a throwaway namespace, and restores from it; the
+# agent gives the link the veth's MAC, and the page comes from the peer.
+if net_setup; then
+    ip netns exec "$NET_P" /bin/busybox httpd -f -p 8080 -h "$W/www" &
+    httpd_pid=$!
+    bundle snet ".linux.namespaces |= map(if .type == \"network\" then .path = \"/run/netns/$NET_C\" else . end)" \
+        sh -c 'ip -o link show hv0; ip -o addr show; timeout 60 wget -q -O - http://10.231.7.1:8080/' || exit 2
+    trace_clear
+    t0=$(date +%s)
+    snap_run snet
+    st=$?
+    if ((st != 0)) && platform_failed "$W/snet.err"; then
+        platform_retry snet "$W/snet.err"
+        snap_run snet
+        st=$?
+    fi
+    ((st == 0)) || trace_keep snet
+    log "snet: exit $st after $(elapsed "$t0"); $(stages snet)"
+    check "snapshot: a sandbox with a NIC makes its template and is restored from it" "$(stages snet); $(tail -n 3 "$W/snet.err")" \
+        eval "grep -q 'template-made' '$OUT/snap-snet.log' && restored snet"
+    check "snapshot: the restored guest's NIC has the veth's MAC and address" "exit $st: $(cat "$W/snet.out")" \
+        eval "grep -q 'hv0.*link/ether 02:42:0a:e7:07:02' '$W/snet.out' && grep -q 'hv0 .*inet 10.231.7.2/24' '$W/snet.out'"
+    check "snapshot: a page from the peer through the restored guest's NIC" "$(tail -n 3 "$W/snet.err")" \
+        grep -qx 'hello over virtio-net' "$W/snet.out"
+    taps=$(( $(ip -n "$NET_C" -o link show | grep -c husktap) + $(ip -o link show | grep -c husktap) ))
+    check "snapshot: no tap left (the sandbox's namespace, L1's own)" "$taps tap(s)" test "$taps" -eq 0
+    kill "$httpd_pid" 2>/dev/null
+    wait "$httpd_pid" 2>/dev/null
+else
+    not_ok "snapshot: network set-up" "cannot make the test's network namespaces and veth"
+fi
+ip netns del "$NET_C" 2>/dev/null
+ip netns del "$NET_P" 2>/dev/null
 left=$(leftovers)
 check "snapshot: nothing left behind (no template VM directory)" "$left" test -z "$left"
 

@@ -112,6 +112,14 @@ pub fn rename(nl: &mut Netlink, link: &Link, name: &str) -> Result<()> {
     })
 }
 
+/// Sets a link's MAC address (some drivers refuse while it is up).
+pub fn set_mac(nl: &mut Netlink, link: &Link, mac: &Mac) -> Result<()> {
+    let what = format!("setting the MAC of {} to {mac}", link.name);
+    set(nl, &what, link.index, |m| {
+        m.attributes.push(LinkAttribute::Address(mac.0.to_vec()))
+    })
+}
+
 /// Sets a link's MTU.
 pub fn set_mtu(nl: &mut Netlink, link: &Link, mtu: u32) -> Result<()> {
     let what = format!("setting the MTU of {} to {mtu}", link.name);

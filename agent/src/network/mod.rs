@@ -27,19 +27,36 @@ use self::spec::{
 };
 use crate::error::{AgentError, Result};
 
-/// Configures the NIC whose MAC is the one given: name, MTU, addresses,
-/// up. Returns the interface as the kernel now has it.
+/// Configures the NIC whose MAC is the one given (or, with a current MAC,
+/// the NIC that has that one, which first gets the given MAC): name, MTU,
+/// addresses, up. Returns the interface as the kernel now has it.
 pub fn update_interface(iface: &Interface) -> Result<Interface> {
     let spec = InterfaceSpec::parse(iface)?;
     let mut nl = Netlink::open()?;
     let links = link::list(&mut nl)?;
-    let nic = links
+    let find = spec.current_mac.unwrap_or(spec.mac);
+    let mut nic = links
         .iter()
-        .find(|l| l.mac == Some(spec.mac) && !l.loopback)
+        .find(|l| l.mac == Some(find) && !l.loopback)
         .cloned()
-        .ok_or_else(|| {
-            AgentError::NotFound(format!("no network interface with MAC {}", spec.mac))
-        })?;
+        .ok_or_else(|| AgentError::NotFound(format!("no network interface with MAC {find}")))?;
+    if nic.mac != Some(spec.mac) {
+        // A restored guest's NIC still has its template's placeholder MAC.
+        // Down first: not every driver takes a new address while up.
+        if let Some(other) = links
+            .iter()
+            .find(|l| l.mac == Some(spec.mac) && l.index != nic.index)
+        {
+            return Err(AgentError::AlreadyExists(format!(
+                "MAC {} is already {}'s",
+                spec.mac, other.name
+            )));
+        }
+        link::set_up(&mut nl, &nic, false)?;
+        link::set_mac(&mut nl, &nic, &spec.mac)?;
+        tracing::info!(from = %find, to = %spec.mac, "network interface given its MAC");
+        nic = link::by_index(&mut nl, nic.index)?;
+    }
 
     if nic.name != spec.name {
         if let Some(other) = links.iter().find(|l| l.name == spec.name) {

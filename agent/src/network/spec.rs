@@ -163,8 +163,11 @@ pub fn ifname(what: &str, name: &str) -> Result<String> {
 pub struct InterfaceSpec {
     /// The name to give the NIC.
     pub name: String,
-    /// How the NIC is found.
+    /// The MAC the NIC ends up with; how it is found unless `current_mac`
+    /// is given.
     pub mac: Mac,
+    /// The MAC the NIC has now, if it is to be changed to `mac`.
+    pub current_mac: Option<Mac>,
     /// The MTU to set, if any.
     pub mtu: Option<u32>,
     /// Every address the NIC ends up with (link-local IPv6 aside).
@@ -175,14 +178,11 @@ impl InterfaceSpec {
     /// Validates what the host sent.
     pub fn parse(iface: &Interface) -> Result<InterfaceSpec> {
         let name = ifname("interface name", &iface.name)?;
-        let mac: Mac = iface.mac.parse()?;
-        // A NIC's own address is unicast and not all zeros (which is what
-        // loopback has, so this also keeps `lo` out of reach).
-        if mac.0 == [0; 6] || mac.0[0] & 1 != 0 {
-            return Err(invalid(format!(
-                "interface MAC {mac} is not a unicast Ethernet address"
-            )));
-        }
+        let mac = unicast_mac("interface MAC", &iface.mac)?;
+        let current_mac = match iface.current_mac.as_str() {
+            "" => None,
+            m => Some(unicast_mac("current MAC", m)?),
+        };
         let mtu = match iface.mtu {
             0 => None,
             m if (MIN_MTU..=MAX_MTU).contains(&m) => Some(m),
@@ -206,10 +206,23 @@ impl InterfaceSpec {
         Ok(InterfaceSpec {
             name,
             mac,
+            current_mac,
             mtu,
             addresses,
         })
     }
+}
+
+/// A NIC's own address: unicast and not all zeros (which is what loopback
+/// has, so this also keeps `lo` out of reach).
+fn unicast_mac(what: &str, text: &str) -> Result<Mac> {
+    let mac: Mac = text.parse()?;
+    if mac.0 == [0; 6] || mac.0[0] & 1 != 0 {
+        return Err(invalid(format!(
+            "{what} {mac} is not a unicast Ethernet address"
+        )));
+    }
+    Ok(mac)
 }
 
 fn interface_address(a: &IpAddress) -> Result<IpNet> {
@@ -488,6 +501,31 @@ mod tests {
         let many: Vec<(&str, u32)> = many.iter().map(|(a, p)| (a.as_str(), *p)).collect();
         let err = InterfaceSpec::parse(&iface("eth0", "02:42:ac:11:00:02", 0, &many)).unwrap_err();
         assert!(err.to_string().contains("at most 64"), "{err}");
+    }
+
+    #[test]
+    fn a_current_mac_is_optional_and_checked_like_the_mac() {
+        let mut i = iface("eth0", "02:42:ac:11:00:02", 0, &[]);
+        assert_eq!(InterfaceSpec::parse(&i).unwrap().current_mac, None);
+        i.current_mac = "02:68:75:73:6B:00".into();
+        assert_eq!(
+            InterfaceSpec::parse(&i).unwrap().current_mac,
+            Some(Mac([0x02, 0x68, 0x75, 0x73, 0x6b, 0]))
+        );
+        for bad in [
+            "00:00:00:00:00:00",
+            "01:00:5e:00:00:01",
+            "02:68:75:73:6b",
+            "02:68:75:73:6b:00:00",
+            " 02:68:75:73:6b:00",
+        ] {
+            i.current_mac = bad.into();
+            let err = InterfaceSpec::parse(&i).unwrap_err();
+            assert!(err.to_string().contains("MAC"), "{bad}: {err}");
+        }
+        let long = "02:".repeat(100_000);
+        i.current_mac = long;
+        assert!(InterfaceSpec::parse(&i).is_err());
     }
 
     fn route(dst: &str, gw: &str, dev: &str, family: u32) -> Route {

@@ -18,6 +18,8 @@ use husk_vmm::devices::vsock::VsockMmioDevice;
 use husk_vmm::machine::{ExitReason, RestoreConfig, SnapshotPaths, Vm, VmConfig};
 use husk_vmm::virtio::VirtioDevice;
 
+use crate::network::placeholder;
+
 use super::{
     check_spec, kernel_cmdline, Error, Hypervisor, RebootMode, Stopped, VmExit, VmSpec, FS_TAG,
     GUEST_CID,
@@ -134,9 +136,15 @@ impl Builtin {
 
     /// Starts `spec`'s VM from the snapshot at `paths` (made with `key`)
     /// instead of booting it: the saved guest continues on this spec's own
-    /// vsock socket, share and console. The spec's vCPUs and memory must be
-    /// the snapshot's (the key should say so); a snapshot that does not fit
-    /// is refused with [`Error::Machine`] and nothing is left running.
+    /// vsock socket, share, console and taps. The spec's vCPUs, memory and
+    /// NIC MTUs must be the snapshot's (the key should say so); a snapshot
+    /// that does not fit is refused with [`Error::Machine`] and nothing is
+    /// left running.
+    ///
+    /// The NICs' devices keep the template's placeholder MACs
+    /// ([`placeholder::mac`]): the guest read its MACs from them at probe,
+    /// the VMM checks the saved configuration space against the new
+    /// devices', and the agent gives each link its spec's MAC afterwards.
     pub fn start_restored(
         &mut self,
         spec: &VmSpec,
@@ -147,7 +155,11 @@ impl Builtin {
             return Err(Error::AlreadyRunning);
         }
         check_spec(spec)?;
-        let (console, devices) = devices(spec)?;
+        let mut spec = spec.clone();
+        for (i, nic) in spec.nics.iter_mut().enumerate() {
+            nic.config.mac = placeholder::mac(i);
+        }
+        let (console, devices) = devices(&spec)?;
         let mut config = RestoreConfig::new(paths.clone(), key);
         config.devices = devices;
         config.console = Box::new(console);

@@ -4,6 +4,8 @@
 //! - [`scan`]: what the namespace holds (links, addresses, routes,
 //!   neighbours), by rtnetlink.
 //! - [`tap`]: one tap per link, with the link's MTU, up.
+//! - [`placeholder`]: a snapshot template's NICs, on taps in a namespace
+//!   of their own, with placeholder MACs.
 //! - [`tc`]: the link and its tap joined both ways by tc mirred redirects.
 //! - [`agent`]: the scan as the agent's protocol messages.
 //! - [`resolv`] and [`dns`]: the host half of the DNS relay, for loopback
@@ -17,6 +19,7 @@
 pub mod agent;
 pub mod dns;
 pub use husk_netlink as netlink;
+pub mod placeholder;
 pub mod resolv;
 pub mod scan;
 pub mod tap;

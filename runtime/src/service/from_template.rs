@@ -1,10 +1,11 @@
 //! Booting a sandbox's VM: restored from a template where the
 //! configuration asks for it and the sandbox fits one, cold otherwise.
 //!
-//! [`boot_vm`] decides. With `[snapshot] enabled`, the builtin backend and
-//! no NIC, the sandbox restores from the template of its key; the first
-//! sandbox of a key makes the template first ([`make`]: a VM of its own
-//! booted until the guest says ready, saved, stopped). A template that
+//! [`boot_vm`] decides. With `[snapshot] enabled` and the builtin backend,
+//! the sandbox restores from the template of its key; the first sandbox of
+//! a key makes the template first ([`make`]: a VM of its own, with
+//! placeholder NICs where the key has NICs, booted until the guest says
+//! ready, saved, stopped). A template that
 //! cannot be made or restored costs one `warn` line naming it and why, is
 //! removed (so the next sandbox makes it anew), and this sandbox boots
 //! cold. Whatever fails leaves no VM, thread or directory behind.
@@ -18,6 +19,7 @@ use crate::agent_client::ReadyListener;
 use crate::config::Config;
 use crate::hypervisor::builtin::{self, Builtin};
 use crate::hypervisor::{self, ConcreteBackend, Hypervisor, VmSpec};
+use crate::network::placeholder;
 use crate::sandbox_dir::SandboxDir;
 use crate::template::{Template, TemplateKey};
 
@@ -95,14 +97,6 @@ pub fn template_for(config: &Config, backend: ConcreteBackend, spec: &VmSpec) ->
         tracing::debug!("snapshots need the builtin backend; booting with {backend}");
         return None;
     }
-    if !spec.nics.is_empty() {
-        // A saved guest has the template's NICs and MACs (docs/builtin-vmm.md).
-        tracing::info!(
-            nics = spec.nics.len(),
-            "a sandbox with network interfaces boots cold: templates have none"
-        );
-        return None;
-    }
     match TemplateKey::new(spec, &builtin::cmdline(spec)) {
         Ok(key) => Some(Template::new(&config.snapshot.path, key)),
         Err(e) => {
@@ -169,10 +163,11 @@ async fn from_template(
 
 /// Makes `template` unless another sandbox made it meanwhile (returns
 /// whether this call made it): under the template's exclusive lock, boots
-/// `spec` (its own sandbox directory, no NIC) cold until the guest says
-/// ready and has closed that connection, pauses and saves it to a
-/// temporary directory, stops it, removes its sandbox directory and
-/// renames the template into place.
+/// `spec` (its own sandbox directory; its NICs' MTUs on placeholder taps,
+/// see [`placeholder`]) cold until the guest says ready and has closed
+/// that connection, pauses and saves it to a temporary directory, stops
+/// it, removes its sandbox directory and renames the template into place.
+/// The placeholder taps and their namespace go with the stopped VM.
 pub async fn make(template: &Template, spec: VmSpec, timeout: Duration) -> Result<bool, String> {
     let t = template.clone();
     let lock = blocking(move || t.lock(true))
@@ -189,8 +184,13 @@ pub async fn make(template: &Template, spec: VmSpec, timeout: Duration) -> Resul
     // A maker killed half way left its directory (and nothing running:
     // the VM was in its process).
     super::remove_leftover(dir.path());
+    let mtus: Vec<u16> = spec.nics.iter().map(|n| n.config.mtu).collect();
+    let nics = blocking(move || placeholder::nics(&mtus))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
     dir.create().map_err(|e| e.to_string())?;
-    let made = boot_and_save(template, spec, timeout).await;
+    let made = boot_and_save(template, VmSpec { nics, ..spec }, timeout).await;
     let _ = dir.remove();
     if let Err(e) = made {
         let _ = template.remove_unfinished();
@@ -266,7 +266,7 @@ mod tests {
     }
 
     #[test]
-    fn only_the_builtin_backend_without_nics_and_enabled_uses_a_template() {
+    fn only_the_builtin_backend_and_enabled_uses_a_template_with_or_without_nics() {
         let dir = tempfile::tempdir().unwrap();
         let spec = test_support::spec(dir.path());
         std::fs::write(&spec.kernel, b"k").unwrap();
@@ -285,7 +285,8 @@ mod tests {
         if let Some(nic) = test_support::nic(2, 1500) {
             let mut with_nic = spec.clone();
             with_nic.nics.push(nic);
-            assert!(template_for(&on, ConcreteBackend::Builtin, &with_nic).is_none());
+            let t = template_for(&on, ConcreteBackend::Builtin, &with_nic).expect("a template");
+            assert!(t.key().as_str().contains("nics 1\n"), "{:?}", t.key());
         }
     }
 

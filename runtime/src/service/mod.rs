@@ -371,16 +371,24 @@ impl Sandbox {
         }
     }
 
-    /// Gives the guest's NICs their links' names, addresses and MTUs, then
-    /// the routes through them, then the permanent neighbours.
+    /// Gives the guest's NICs their links' names, addresses and MTUs (and,
+    /// in a guest restored from a template, their MACs: each NIC is found
+    /// by its placeholder MAC, by its index in the spec's order, which is
+    /// the guest's), then the routes through them, then the permanent
+    /// neighbours.
     async fn configure_network(&self) -> Result<(), Error> {
         let agent = self.agent();
-        for nic in self.network.nics() {
+        for (i, nic) in self.network.nics().iter().enumerate() {
+            let mut interface = network::agent::interface(&nic.link);
+            if self.vm.restored() {
+                interface.current_mac =
+                    husk_vmm::devices::net::format_mac(&network::placeholder::mac(i));
+            }
             agent
                 .update_interface(
                     ctx(),
                     &UpdateInterfaceRequest {
-                        interface: Some(network::agent::interface(&nic.link)).into(),
+                        interface: Some(interface).into(),
                         ..Default::default()
                     },
                 )

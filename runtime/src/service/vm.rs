@@ -82,6 +82,9 @@ pub struct SandboxVm {
     /// without locking.
     hypervisor: std::sync::Mutex<Box<dyn Hypervisor>>,
     agent: AgentServiceClient,
+    /// Whether the VM was restored from a template (its NICs then still
+    /// have the template's placeholder MACs).
+    restored: bool,
 }
 
 impl SandboxVm {
@@ -140,7 +143,7 @@ impl SandboxVm {
             let remaining = agent_timeout.saturating_sub(booting.elapsed());
             connect_agent(&socket, remaining).await
         };
-        let attached = Self::attach(hypervisor, dir, connect).await;
+        let attached = Self::attach(hypervisor, dir, connect, false).await;
         drop(ready);
         attached
     }
@@ -185,7 +188,7 @@ impl SandboxVm {
         );
         let socket = dir.vsock_socket();
         let connect = connect_agent(&socket, agent_timeout);
-        Self::attach(Box::new(builtin), dir, connect).await
+        Self::attach(Box::new(builtin), dir, connect, true).await
     }
 
     /// Waits for `connect` while watching the VM: the sandbox once the
@@ -195,6 +198,7 @@ impl SandboxVm {
         mut hypervisor: Box<dyn Hypervisor>,
         dir: SandboxDir,
         connect: impl std::future::Future<Output = Result<AgentServiceClient, agent_client::Error>>,
+        restored: bool,
     ) -> Result<Self, Error> {
         let connected = tokio::select! {
             r = connect => Ok(r),
@@ -205,6 +209,7 @@ impl SandboxVm {
                 dir,
                 hypervisor: std::sync::Mutex::new(hypervisor),
                 agent,
+                restored,
             }),
             Err(exit) => {
                 let console = dir.console_tail();
@@ -227,6 +232,11 @@ impl SandboxVm {
     /// The agent's client.
     pub fn agent(&self) -> &AgentServiceClient {
         &self.agent
+    }
+
+    /// Whether the VM was restored from a template rather than booted.
+    pub fn restored(&self) -> bool {
+        self.restored
     }
 
     /// The sandbox directory.
