@@ -309,8 +309,7 @@ impl World {
         let agent = stage_end(&s, "agent-answers")
             .ok_or_else(|| format!("{id}: no agent-answers stage"))?;
         let exited = stage_end(&s, "exited").ok_or_else(|| format!("{id}: no exited stage"))?;
-        let network =
-            stage_end(&s, "network").ok_or_else(|| format!("{id}: no network stage"))?;
+        let network = stage_end(&s, "network").ok_or_else(|| format!("{id}: no network stage"))?;
         Ok(RunTimes {
             vm: agent.saturating_sub(network),
             agent,
