@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use husk_tests::bench::median;
+use husk_tests::bench::{env_number, median, short_tempdir};
 use husk_tests::budget::{parse_variant, sample, Sample, GUEST_STAGES, HOST_STAGES};
 use husk_tests::{containers, guest, rootfs};
 
@@ -47,24 +47,12 @@ struct Variant {
 }
 
 fn bench() -> Result<(), String> {
-    let runs = number("HUSK_BUDGET_RUNS", 10)? as usize;
-    let timeout = number("HUSK_BUDGET_BOOT_TIMEOUT", 120)?;
+    let runs = env_number("HUSK_BUDGET_RUNS", 10)? as usize;
+    let timeout = env_number("HUSK_BUDGET_BOOT_TIMEOUT", 120)?;
     let backend = std::env::var("HUSK_BUDGET_BACKEND").unwrap_or_else(|_| "auto".into());
     // A short path: sandbox sockets live under it.
-    let tmp = tempfile::Builder::new()
-        .prefix("hbb")
-        .tempdir_in("/tmp")
-        .map_err(|e| format!("temporary directory: {e}"))?;
-    let artifacts = match (
-        std::env::var_os("HUSK_KERNEL"),
-        std::env::var_os("HUSK_INITRD"),
-    ) {
-        (Some(kernel), Some(initrd)) => guest::GuestArtifacts {
-            kernel: kernel.into(),
-            initrd: initrd.into(),
-        },
-        _ => guest::artifacts(&tmp.path().join("guest"))?,
-    };
+    let tmp = short_tempdir("hbb")?;
+    let artifacts = guest::prebuilt_or_artifacts(&tmp.path().join("guest"))?;
     let specs = std::env::var("HUSK_BUDGET_VARIANTS")
         .ok()
         .filter(|s| !s.trim().is_empty())
@@ -145,18 +133,6 @@ fn bench() -> Result<(), String> {
     }
     print!("{}", render(&backend, runs, &variants, &samples));
     Ok(())
-}
-
-fn number(name: &str, default: u64) -> Result<u64, String> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .ok()
-            .filter(|n| *n > 0)
-            .ok_or_else(|| format!("{name}={v}: expected a positive number")),
-        Err(_) => Ok(default),
-    }
 }
 
 /// One timed `husk run` of `variant`; on failure the container is

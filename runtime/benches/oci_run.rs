@@ -31,18 +31,19 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use husk_runtime::host_process::HostProcess;
 use husk_runtime::hypervisor::qemu::{self, Accel};
 use husk_runtime::hypervisor::{Backend, ConcreteBackend};
-use husk_runtime::service::share;
 use husk_runtime::store::Store;
-use husk_tests::bench::{mappings, median, monotonic_now, peer_run, peers, KvmEntryTrace, Mapping};
-use husk_tests::processes::{become_subreaper, descendants, reap_children, wait_child, wait_until};
+use husk_tests::bench::{
+    env_number, mappings, median, monotonic_now, peer_run, peers, short_tempdir, KvmEntryTrace,
+    Mapping,
+};
+use husk_tests::processes::{self, become_subreaper, descendants, reap_children, wait_until};
 use husk_tests::{containers, guest, rootfs};
 use husk_vmm::machine::layout::MMIO_GAP_START;
 use husk_vmm::machine::HostCheck;
@@ -102,17 +103,7 @@ struct Settings {
 
 impl Settings {
     fn from_env() -> Result<Self, String> {
-        let number = |name: &str, default: u64| -> Result<u64, String> {
-            match std::env::var(name) {
-                Ok(v) => v
-                    .trim()
-                    .parse()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| format!("{name}={v}: expected a positive number")),
-                Err(_) => Ok(default),
-            }
-        };
+        let number = env_number;
         let peers = match std::env::var("HUSK_BENCH_PEERS") {
             Ok(wanted) => peers()
                 .into_iter()
@@ -362,11 +353,8 @@ impl World {
         kvm_accel: bool,
     ) -> Result<Self, String> {
         // A short path: sandbox sockets live under it.
-        let tmp = tempfile::Builder::new()
-            .prefix("hkb")
-            .tempdir_in("/tmp")
-            .map_err(|e| format!("temporary directory: {e}"))?;
-        let artifacts = guest_artifacts(&tmp.path().join("guest"))?;
+        let tmp = short_tempdir("hkb")?;
+        let artifacts = guest::prebuilt_or_artifacts(&tmp.path().join("guest"))?;
         let sandboxes = tmp.path().join("vm");
         let mut targets = Vec::new();
         for &backend in backends {
@@ -433,26 +421,8 @@ impl World {
     /// log in `log`. stderr goes to a file, never a pipe: the proxies a
     /// detached run leaves behind inherit it and would hold a pipe open.
     fn husk(&mut self, t: usize, log: &Path, args: &[&str]) -> Result<(), String> {
-        let err_path = log.with_extension("stderr");
-        let err = File::create(&err_path).map_err(|e| format!("stderr file: {e}"))?;
-        let child = self
-            .command(&self.targets[t].config, log, args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(err)
-            .spawn()
-            .map_err(|e| format!("spawning husk: {e}"))?;
-        let status =
-            wait_child(child, self.timeout).map_err(|e| format!("husk {}: {e}", args.join(" ")))?;
-        if !status.success() {
-            let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
-            return Err(format!(
-                "husk {}: {status}: {}",
-                args.join(" "),
-                stderr.trim()
-            ));
-        }
-        Ok(())
+        let command = self.command(&self.targets[t].config, log, args);
+        processes::run_husk(command, log, args, self.timeout)
     }
 
     /// One timed `husk run --bundle BUNDLE ID` with target `t`, its stages
@@ -600,17 +570,7 @@ impl World {
 
     /// Errors unless nothing of any container is left.
     fn check_clean(&self) -> Result<(), String> {
-        let left = |dir: &Path| std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
-        if left(&self.root) > 0 || left(&self.sandboxes) > 0 {
-            return Err("state or sandbox directories left behind".into());
-        }
-        if share::has_mounts_under(self.tmp.path()) {
-            return Err("mounts left behind".into());
-        }
-        if self.seen.iter().any(HostProcess::is_alive) {
-            return Err("sandbox processes left behind".into());
-        }
-        Ok(())
+        processes::check_clean(&self.root, &self.sandboxes, self.tmp.path(), &self.seen)
     }
 }
 
@@ -627,41 +587,7 @@ impl Drop for World {
                 eprintln!("oci_run: cleanup: {e}");
             }
         }
-        let seen = std::mem::take(&mut self.seen);
-        for process in &seen {
-            if process.signal(libc::SIGKILL) {
-                eprintln!("oci_run: cleanup: killed {} left behind", process.pid);
-            }
-        }
-        wait_until(Duration::from_secs(10), || {
-            reap_children();
-            seen.iter().all(|p| !p.is_alive())
-        });
-        share::unmount_all_under(self.tmp.path());
-        if share::has_mounts_under(self.tmp.path()) {
-            // The directory's removal must never reach through a bind into
-            // what it shares: keep it.
-            eprintln!(
-                "oci_run: cleanup: mounts remain under {}; not removing it",
-                self.tmp.path().display()
-            );
-            self.tmp.disable_cleanup(true);
-        }
-    }
-}
-
-/// The guest kernel and initrd: `HUSK_KERNEL` and `HUSK_INITRD` when both
-/// are given (nothing is built), else as the end-to-end tests find them.
-fn guest_artifacts(dir: &Path) -> Result<guest::GuestArtifacts, String> {
-    match (
-        std::env::var_os("HUSK_KERNEL"),
-        std::env::var_os("HUSK_INITRD"),
-    ) {
-        (Some(kernel), Some(initrd)) => Ok(guest::GuestArtifacts {
-            kernel: kernel.into(),
-            initrd: initrd.into(),
-        }),
-        _ => guest::artifacts(dir),
+        processes::sweep("oci_run", &self.seen, &mut self.tmp);
     }
 }
 

@@ -21,17 +21,15 @@
 //! one temporary directory and is taken down on the way out.
 
 use std::fmt::Write as _;
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use husk_runtime::host_process::HostProcess;
-use husk_runtime::service::share;
 use husk_runtime::store::Store;
-use husk_tests::bench::median;
+use husk_tests::bench::{env_number, median, short_tempdir};
 use husk_tests::budget::{sample, Sample};
-use husk_tests::processes::{become_subreaper, descendants, reap_children, wait_child, wait_until};
+use husk_tests::processes::{self, become_subreaper, descendants, reap_children, wait_until};
 use husk_tests::{containers, guest, rootfs};
 use husk_vmm::machine::HostCheck;
 
@@ -49,18 +47,6 @@ fn main() {
     if let Err(e) = bench() {
         eprintln!("snapshot: {e}");
         std::process::exit(1);
-    }
-}
-
-fn number(name: &str, default: u64) -> Result<u64, String> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .ok()
-            .filter(|n| *n > 0)
-            .ok_or_else(|| format!("{name}={v}: expected a positive number")),
-        Err(_) => Ok(default),
     }
 }
 
@@ -84,9 +70,9 @@ fn bench() -> Result<(), String> {
         return Ok(());
     }
     become_subreaper()?;
-    let runs = number("HUSK_SNAPSHOT_RUNS", 10)? as usize;
+    let runs = env_number("HUSK_SNAPSHOT_RUNS", 10)? as usize;
     let counts = counts()?;
-    let boot_timeout = number("HUSK_BENCH_BOOT_TIMEOUT", 120)?;
+    let boot_timeout = env_number("HUSK_BENCH_BOOT_TIMEOUT", 120)?;
     let mut world = World::new(boot_timeout)?;
     let bundle_true = world.bundle("true", &["/bin/true"])?;
     let bundle_sleep = world.bundle("sleep", &["sleep", "3600"])?;
@@ -190,20 +176,8 @@ struct World {
 impl World {
     fn new(boot_timeout: u64) -> Result<Self, String> {
         // A short path: sandbox sockets live under it.
-        let tmp = tempfile::Builder::new()
-            .prefix("hsb")
-            .tempdir_in("/tmp")
-            .map_err(|e| format!("temporary directory: {e}"))?;
-        let artifacts = match (
-            std::env::var_os("HUSK_KERNEL"),
-            std::env::var_os("HUSK_INITRD"),
-        ) {
-            (Some(kernel), Some(initrd)) => guest::GuestArtifacts {
-                kernel: kernel.into(),
-                initrd: initrd.into(),
-            },
-            _ => guest::artifacts(&tmp.path().join("guest"))?,
-        };
+        let tmp = short_tempdir("hsb")?;
+        let artifacts = guest::prebuilt_or_artifacts(&tmp.path().join("guest"))?;
         let sandboxes = tmp.path().join("vm");
         let templates = tmp.path().join("snapshots");
         let base = format!(
@@ -254,9 +228,8 @@ impl World {
     /// JSON log in `log`. stderr goes to a file, never a pipe: the proxies
     /// a detached run leaves inherit it.
     fn husk(&self, v: usize, log: &Path, args: &[&str]) -> Result<(), String> {
-        let err_path = log.with_extension("stderr");
-        let err = File::create(&err_path).map_err(|e| format!("stderr file: {e}"))?;
-        let child = Command::new(env!("CARGO_BIN_EXE_husk"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_husk"));
+        command
             .arg("--root")
             .arg(&self.root)
             .arg("--config")
@@ -265,23 +238,8 @@ impl World {
             .arg(log)
             .arg("--log-format")
             .arg("json")
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(err)
-            .spawn()
-            .map_err(|e| format!("spawning husk: {e}"))?;
-        let status =
-            wait_child(child, self.timeout).map_err(|e| format!("husk {}: {e}", args.join(" ")))?;
-        if !status.success() {
-            let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
-            return Err(format!(
-                "husk {}: {status}: {}",
-                args.join(" "),
-                stderr.trim()
-            ));
-        }
-        Ok(())
+            .args(args);
+        processes::run_husk(command, log, args, self.timeout)
     }
 
     /// One timed `husk run` of `bundle` with variant `v`; a restored run
@@ -394,17 +352,7 @@ impl World {
 
     /// Errors unless nothing of any container is left.
     fn check_clean(&self) -> Result<(), String> {
-        let left = |dir: &Path| std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
-        if left(&self.root) > 0 || left(&self.sandboxes) > 0 {
-            return Err("state or sandbox directories left behind".into());
-        }
-        if share::has_mounts_under(self.tmp.path()) {
-            return Err("mounts left behind".into());
-        }
-        if self.seen.iter().any(HostProcess::is_alive) {
-            return Err("sandbox processes left behind".into());
-        }
-        Ok(())
+        processes::check_clean(&self.root, &self.sandboxes, self.tmp.path(), &self.seen)
     }
 }
 
@@ -413,24 +361,7 @@ impl Drop for World {
         for id in Store::new(&self.root).ids().unwrap_or_default() {
             self.delete_if_there(&id);
         }
-        for p in &self.seen {
-            if p.signal(libc::SIGKILL) {
-                eprintln!("snapshot: cleanup: killed {} left behind", p.pid);
-            }
-        }
-        wait_until(Duration::from_secs(10), || {
-            reap_children();
-            self.seen.iter().all(|p| !p.is_alive())
-        });
-        share::unmount_all_under(self.tmp.path());
-        if share::has_mounts_under(self.tmp.path()) {
-            // Never remove through a bind into what it shares.
-            eprintln!(
-                "snapshot: cleanup: mounts remain under {}; not removing it",
-                self.tmp.path().display()
-            );
-            self.tmp.disable_cleanup(true);
-        }
+        processes::sweep("snapshot", &self.seen, &mut self.tmp);
     }
 }
 

@@ -1071,15 +1071,7 @@ fn the_sandbox_process_sees_only_its_sandbox_directory() {
     std::fs::write(source.join("file"), "from the host\n").unwrap();
     let bundle = w.bundle("jail", &["sh", "-c", "while :; do sleep 1; done"], |spec| {
         let mut mounts = spec.mounts().clone().unwrap_or_default();
-        mounts.push(
-            oci_spec::runtime::MountBuilder::default()
-                .destination("/data")
-                .typ("bind")
-                .source(&source)
-                .options(["rbind", "ro"].map(String::from).to_vec())
-                .build()
-                .unwrap(),
-        );
+        mounts.push(mount("/data", "bind", &source, &["rbind", "ro"]));
         spec.set_mounts(Some(mounts));
     });
     w.run_detached(&bundle, "jail1");
@@ -1688,37 +1680,14 @@ fn bind_mounts_keep_their_names_and_mount_options_hold_in_the_guest() {
         ],
         |spec| {
             let mut mounts = spec.mounts().clone().unwrap_or_default();
-            mounts.push(
-                oci_spec::runtime::MountBuilder::default()
-                    .destination("/data")
-                    .typ("bind")
-                    .source(&source)
-                    .options(
-                        ["rbind", "ro", "nosuid", "nodev", "noexec"]
-                            .map(String::from)
-                            .to_vec(),
-                    )
-                    .build()
-                    .unwrap(),
-            );
-            mounts.push(
-                oci_spec::runtime::MountBuilder::default()
-                    .destination("/shared")
-                    .typ("bind")
-                    .source(&source)
-                    .options(["rbind", "rshared"].map(String::from).to_vec())
-                    .build()
-                    .unwrap(),
-            );
-            mounts.push(
-                oci_spec::runtime::MountBuilder::default()
-                    .destination("/scratch")
-                    .typ("tmpfs")
-                    .source("tmpfs")
-                    .options(["nosuid", "size=1m"].map(String::from).to_vec())
-                    .build()
-                    .unwrap(),
-            );
+            mounts.push(mount(
+                "/data",
+                "bind",
+                &source,
+                &["rbind", "ro", "nosuid", "nodev", "noexec"],
+            ));
+            mounts.push(mount("/shared", "bind", &source, &["rbind", "rshared"]));
+            mounts.push(mount("/scratch", "tmpfs", "tmpfs", &["nosuid", "size=1m"]));
             spec.set_mounts(Some(mounts));
         },
     );
@@ -1827,4 +1796,20 @@ fn block_io_weight_and_hugepage_limits_hold_in_the_guest() {
         );
     }
     w.assert_clean();
+}
+
+/// A mount of `typ` from `source` at `destination` with `options`.
+fn mount(
+    destination: &str,
+    typ: &str,
+    source: impl AsRef<std::path::Path>,
+    options: &[&str],
+) -> oci_spec::runtime::Mount {
+    oci_spec::runtime::MountBuilder::default()
+        .destination(destination)
+        .typ(typ)
+        .source(source.as_ref())
+        .options(options.iter().map(|o| o.to_string()).collect::<Vec<_>>())
+        .build()
+        .expect("a mount from fixed parts")
 }

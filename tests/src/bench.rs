@@ -288,6 +288,29 @@ pub fn monotonic_now() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
+/// The positive number in environment variable `name`, or `default` when
+/// it is unset; anything else is an error naming the variable.
+pub fn env_number(name: &str, default: u64) -> Result<u64, String> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("{name}={v}: expected a positive number")),
+        Err(_) => Ok(default),
+    }
+}
+
+/// A temporary directory under /tmp named `prefix...`: short, because
+/// the sandbox sockets of a bench live under it (108 bytes at most).
+pub fn short_tempdir(prefix: &str) -> Result<tempfile::TempDir, String> {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in("/tmp")
+        .map_err(|e| format!("temporary directory: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -105,6 +105,22 @@ fn last_line(stdout: &[u8]) -> Option<PathBuf> {
         .map(|l| PathBuf::from(l.split_whitespace().next().unwrap_or(l)))
 }
 
+/// `HUSK_KERNEL` and `HUSK_INITRD` when both are set (a prebuilt guest,
+/// where nothing can be built, as inside the nested layer's L1); otherwise
+/// [`artifacts`] into `dir`.
+pub fn prebuilt_or_artifacts(dir: &Path) -> Result<GuestArtifacts, String> {
+    match (
+        std::env::var_os("HUSK_KERNEL"),
+        std::env::var_os("HUSK_INITRD"),
+    ) {
+        (Some(kernel), Some(initrd)) => Ok(GuestArtifacts {
+            kernel: kernel.into(),
+            initrd: initrd.into(),
+        }),
+        _ => artifacts(dir),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;

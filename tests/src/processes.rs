@@ -5,7 +5,10 @@
 use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
+use std::path::Path;
+
 use husk_runtime::host_process::{HostProcess, Stat};
+use husk_runtime::service::share;
 
 /// Makes this process the subreaper of its descendants, so that the
 /// proxies and sandbox processes a detached `husk run` leaves are reaped
@@ -92,6 +95,84 @@ pub fn descendants(pid: i32) -> Vec<i32> {
     }
     found.remove(0);
     found
+}
+
+/// Runs `husk` (a command with its flags and verb set, `args` naming the
+/// verb for messages) to completion within `timeout`, stdin and stdout
+/// discarded; its stderr goes to `log` with the extension `stderr`, a
+/// file, never a pipe: the proxies a detached run leaves inherit it and
+/// would hold a pipe open. A failure carries what husk said.
+pub fn run_husk(
+    mut husk: std::process::Command,
+    log: &Path,
+    args: &[&str],
+    timeout: Duration,
+) -> Result<(), String> {
+    use std::process::Stdio;
+    let err_path = log.with_extension("stderr");
+    let err = std::fs::File::create(&err_path).map_err(|e| format!("stderr file: {e}"))?;
+    let child = husk
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(err)
+        .spawn()
+        .map_err(|e| format!("spawning husk: {e}"))?;
+    let status = wait_child(child, timeout).map_err(|e| format!("husk {}: {e}", args.join(" ")))?;
+    if !status.success() {
+        let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+        return Err(format!(
+            "husk {}: {status}: {}",
+            args.join(" "),
+            stderr.trim()
+        ));
+    }
+    Ok(())
+}
+
+/// Errors unless a bench's containers are all gone: nothing in its state
+/// `root` or `sandboxes` directory, no mount under `tmp`, none of the
+/// sandbox processes it has `seen` alive.
+pub fn check_clean(
+    root: &Path,
+    sandboxes: &Path,
+    tmp: &Path,
+    seen: &[HostProcess],
+) -> Result<(), String> {
+    let left = |dir: &Path| std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
+    if left(root) > 0 || left(sandboxes) > 0 {
+        return Err("state or sandbox directories left behind".into());
+    }
+    if share::has_mounts_under(tmp) {
+        return Err("mounts left behind".into());
+    }
+    if seen.iter().any(HostProcess::is_alive) {
+        return Err("sandbox processes left behind".into());
+    }
+    Ok(())
+}
+
+/// Takes down what a failed bench left once `delete` had its chance: kills
+/// the processes it has `seen` (saying so under `who`), reaps them, undoes
+/// the mounts under `tmp`, and keeps `tmp` if any remain, so its removal
+/// never reaches through a bind into what it shares.
+pub fn sweep(who: &str, seen: &[HostProcess], tmp: &mut tempfile::TempDir) {
+    for process in seen {
+        if process.signal(libc::SIGKILL) {
+            eprintln!("{who}: cleanup: killed {} left behind", process.pid);
+        }
+    }
+    wait_until(Duration::from_secs(10), || {
+        reap_children();
+        seen.iter().all(|p| !p.is_alive())
+    });
+    share::unmount_all_under(tmp.path());
+    if share::has_mounts_under(tmp.path()) {
+        eprintln!(
+            "{who}: cleanup: mounts remain under {}; not removing it",
+            tmp.path().display()
+        );
+        tmp.disable_cleanup(true);
+    }
 }
 
 #[cfg(test)]
