@@ -516,20 +516,15 @@ impl World {
             .trim()
             .parse()
             .map_err(|e| format!("{id}'s pid file: {e}"))?;
-        let record = Store::new(&self.root)
-            .load(id)
-            .map_err(|e| format!("{id}'s record: {e}"))?;
-        let sandbox = record
-            .sandbox
-            .ok_or_else(|| format!("{id}: no sandbox process recorded"))?;
+        let sandbox_pid = processes::sandbox_pid(&self.root, id)?;
         // (pid, name, VMM side, holds the VM).
         let mut processes = vec![(
-            sandbox.pid,
+            sandbox_pid,
             "sandbox process".to_owned(),
             true,
             backend == ConcreteBackend::Builtin,
         )];
-        for pid in descendants(sandbox.pid) {
+        for pid in descendants(sandbox_pid) {
             processes.push((pid, comm(pid), true, true));
         }
         processes.push((proxy, "init proxy".to_owned(), false, false));

@@ -318,14 +318,9 @@ impl World {
     /// The whole PSS (KiB) of container `id`'s sandbox process and its
     /// descendants.
     fn pss_kib(&mut self, id: &str) -> Result<u64, String> {
-        let record = Store::new(&self.root)
-            .load(id)
-            .map_err(|e| format!("{id}'s record: {e}"))?;
-        let sandbox = record
-            .sandbox
-            .ok_or_else(|| format!("{id}: no sandbox process recorded"))?;
-        let mut pids = vec![sandbox.pid];
-        pids.extend(descendants(sandbox.pid));
+        let sandbox_pid = processes::sandbox_pid(&self.root, id)?;
+        let mut pids = vec![sandbox_pid];
+        pids.extend(descendants(sandbox_pid));
         self.seen
             .extend(pids.iter().filter_map(|&pid| HostProcess::of(pid)));
         pids.iter().map(|&pid| rollup_pss_kib(pid)).sum()

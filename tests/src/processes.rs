@@ -129,6 +129,18 @@ pub fn run_husk(
     Ok(())
 }
 
+/// The pid of container `id`'s sandbox process, from its record in the
+/// state `root`.
+pub fn sandbox_pid(root: &Path, id: &str) -> Result<i32, String> {
+    let record = husk_runtime::store::Store::new(root)
+        .load(id)
+        .map_err(|e| format!("{id}'s record: {e}"))?;
+    record
+        .sandbox
+        .map(|s| s.pid)
+        .ok_or_else(|| format!("{id}: no sandbox process recorded"))
+}
+
 /// Errors unless a bench's containers are all gone: nothing in its state
 /// `root` or `sandboxes` directory, no mount under `tmp`, none of the
 /// sandbox processes it has `seen` alive.
