@@ -98,6 +98,24 @@ where
     }
 }
 
+/// `error` and its causes as the one line a failed command prints: each
+/// cause after a colon, except where the message before already says it
+/// (many errors name their cause in their own message), with all
+/// whitespace (a guest console's newlines) folded into single spaces.
+pub fn error_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.is_empty() {
+            line = text;
+        } else if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 fn level_name(level: Level) -> &'static str {
     match level {
         Level::ERROR => "error",
@@ -137,6 +155,22 @@ impl Fields {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_error_line_names_each_cause_once_on_one_line() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such\nfile");
+        let said_twice = crate::config::Error::Read {
+            path: "/etc/husk.toml".into(),
+            source: io,
+        };
+        let e = anyhow::Error::new(said_twice).context("loading");
+        assert_eq!(
+            error_line(&e),
+            "loading: configuration /etc/husk.toml: no such file"
+        );
+        let e = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(error_line(&e), "outer: inner");
+    }
+
     use super::*;
 
     #[test]

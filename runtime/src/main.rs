@@ -32,10 +32,7 @@ fn main() {
     match cli::run(cli) {
         Ok(status) => std::process::exit(status),
         Err(e) => {
-            let message = format!("{e:#}")
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" ");
+            let message = logging::error_line(&e);
             if logs_to_file {
                 tracing::error!("{message}");
             }
