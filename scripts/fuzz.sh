@@ -10,8 +10,13 @@
 #
 # Each run starts from the committed seeds (fuzz/corpus/<target>/) plus the
 # corpus earlier runs grew in build/fuzz/corpus/<target>/; the tree only
-# keeps the seeds. The build goes to $FUZZ_TARGET_DIR (default
-# ${CARGO_TARGET_DIR:-target}/fuzz), so the next run reuses it.
+# keeps the seeds. The build goes to $FUZZ_TARGET_DIR, by default
+# /var/cache/husk/fuzz-target (outside the work tree, like the guest
+# kernel's cache, when that is writable; else ${CARGO_TARGET_DIR:-target}/fuzz):
+# an AddressSanitizer build of husk-runtime and its dependencies takes
+# about 12 minutes on 2 cores, and a fresh clone's run then rebuilds only
+# husk's own crates. cargo rebuilds whatever changed, so the cache is
+# never stale; deleting it only costs the next build.
 #
 # cargo-fuzz needs nightly rustc for -Zsanitizer: `cargo +nightly` when a
 # nightly toolchain is installed (scripts/install-deps.sh installs one),
@@ -40,6 +45,10 @@ fi
 targets=("$@")
 if ((${#targets[@]} == 0)); then
     mapfile -t targets < <(cd fuzz && "${cargo[@]}" fuzz list)
+fi
+shared_cache=/var/cache/husk/fuzz-target
+if [[ -z ${FUZZ_TARGET_DIR:-} ]] && mkdir -p "$shared_cache" 2>/dev/null && [[ -w $shared_cache ]]; then
+    FUZZ_TARGET_DIR=$shared_cache
 fi
 target_dir=${FUZZ_TARGET_DIR:-${CARGO_TARGET_DIR:-$repo/target}/fuzz}
 out=$repo/build/fuzz
