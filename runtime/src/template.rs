@@ -15,12 +15,19 @@
 //! no template or a whole one. Restoring holds the same lock shared while
 //! the VMM reads the files, and a template that failed is removed under
 //! the exclusive lock only if it is still the one that failed.
+//!
+//! A template that could not be made, or failed to restore, leaves
+//! `<path>/<hash>.failed` (its reason): for a while after that, sandboxes
+//! of the key boot cold without trying again ([`Template::recent_failure`]),
+//! so a host where templates cannot work does not pay a template VM's boot
+//! on top of every cold boot.
 
 use std::fmt::Write as _;
 use std::fs::File;
-use std::io;
+use std::io::{self, Read as _};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use husk_vmm::machine::SnapshotPaths;
 use sha2::{Digest, Sha256};
@@ -31,6 +38,10 @@ use crate::hypervisor::VmSpec;
 const MAKING_SUFFIX: &str = ".tmp";
 /// Suffix of a template's lock file.
 const LOCK_SUFFIX: &str = ".lock";
+/// Suffix of the file saying why the template last failed.
+const FAILED_SUFFIX: &str = ".failed";
+/// The most of a failure's reason kept (and read back).
+const FAILED_REASON_MAX: usize = 1024;
 
 /// Everything a saved guest depends on, as one line per item. Two specs
 /// with the same key boot the same guest up to the point the template is
@@ -205,7 +216,50 @@ impl Template {
     /// durable.
     pub fn publish(&self) -> io::Result<()> {
         std::fs::rename(self.making_paths().dir, self.paths().dir)?;
+        remove_file(&self.failed_path())?;
         File::open(&self.root)?.sync_all()
+    }
+
+    fn failed_path(&self) -> PathBuf {
+        self.root.join(format!("{}{FAILED_SUFFIX}", self.hash))
+    }
+
+    /// Records that the template could not be made or restored, and why
+    /// (one line, at most 1 KiB kept); see [`recent_failure`](Self::recent_failure).
+    pub fn record_failure(&self, why: &str) -> io::Result<()> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.root)?;
+        let line = why.split_whitespace().collect::<Vec<_>>().join(" ");
+        let cut = (0..=line.len().min(FAILED_REASON_MAX))
+            .rev()
+            .find(|&i| line.is_char_boundary(i))
+            .unwrap_or(0);
+        std::fs::write(self.failed_path(), &line[..cut])
+    }
+
+    /// Why the template last failed, and how long ago, if that was less
+    /// than `within` ago: sandboxes boot cold meanwhile instead of trying
+    /// again.
+    pub fn recent_failure(&self, within: Duration) -> Option<(String, Duration)> {
+        let path = self.failed_path();
+        let age = std::fs::metadata(&path)
+            .ok()?
+            .modified()
+            .ok()?
+            .elapsed()
+            .ok()?;
+        if age >= within {
+            return None;
+        }
+        let mut why = Vec::new();
+        File::open(&path)
+            .ok()?
+            .take(FAILED_REASON_MAX as u64)
+            .read_to_end(&mut why)
+            .ok()?;
+        Some((String::from_utf8_lossy(&why).into_owned(), age))
     }
 
     /// Removes what a maker that died left half made (call with the
@@ -215,19 +269,29 @@ impl Template {
     }
 
     /// Removes the template if its state file is still `failed` (the one a
-    /// restore refused), under the exclusive lock, so the next sandbox
-    /// makes a new one. Returns whether it removed anything.
-    pub fn discard(&self, failed: Option<StateId>) -> io::Result<bool> {
+    /// restore refused) and records `why` ([`record_failure`](Self::record_failure)),
+    /// under the exclusive lock: sandboxes boot cold for a while, then one
+    /// makes a new template. Does neither if another sandbox remade it
+    /// meanwhile. Returns whether it removed anything.
+    pub fn discard(&self, failed: Option<StateId>, why: &str) -> io::Result<bool> {
         let _lock = self.lock(true)?;
         if failed.is_some() && self.state_id() != failed {
             return Ok(false);
         }
         let dir = self.paths().dir;
-        if !dir.exists() {
-            return Ok(false);
+        let removed = dir.exists();
+        if removed {
+            remove_dir(&dir)?;
         }
-        remove_dir(&dir)?;
-        Ok(true)
+        self.record_failure(why)?;
+        Ok(removed)
+    }
+}
+
+fn remove_file(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }
 
@@ -359,6 +423,32 @@ mod tests {
     }
 
     #[test]
+    fn a_failure_is_remembered_for_a_while_and_cleared_by_a_new_template() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Template::new(&dir.path().join("snapshots"), TemplateKey("k".into()));
+        let minute = Duration::from_secs(60);
+        assert!(t.recent_failure(minute).is_none());
+        let long = format!("booting its VM:\n{}é", "x".repeat(2000));
+        t.record_failure(&long).unwrap();
+        let (why, age) = t.recent_failure(minute).expect("a recent failure");
+        assert!(why.starts_with("booting its VM: xxx"), "{why}");
+        assert!(why.len() <= FAILED_REASON_MAX && !why.contains('\n'));
+        assert!(age < minute);
+        assert!(
+            t.recent_failure(Duration::ZERO).is_none(),
+            "an old one counts for nothing"
+        );
+        // Another key's template is not held back.
+        let other = Template::new(&dir.path().join("snapshots"), TemplateKey("other".into()));
+        assert!(other.recent_failure(minute).is_none());
+        let lock = t.lock(true).unwrap();
+        fake(&t.making_paths());
+        t.publish().unwrap();
+        drop(lock);
+        assert!(t.recent_failure(minute).is_none(), "a template made since");
+    }
+
+    #[test]
     fn only_the_template_that_failed_is_discarded() {
         let dir = tempfile::tempdir().unwrap();
         let t = Template::new(dir.path(), TemplateKey("k".into()));
@@ -369,11 +459,17 @@ mod tests {
         // one kept elsewhere, so its inode is not simply reused).
         std::fs::rename(t.paths().state(), dir.path().join("old")).unwrap();
         std::fs::write(t.paths().state(), b"new").unwrap();
-        assert!(!t.discard(failed).unwrap());
+        let minute = Duration::from_secs(60);
+        assert!(!t.discard(failed, "old").unwrap());
         assert!(t.exists());
-        assert!(t.discard(t.state_id()).unwrap());
+        assert!(
+            t.recent_failure(minute).is_none(),
+            "not the template that failed"
+        );
+        assert!(t.discard(t.state_id(), "checksum").unwrap());
         assert!(!t.paths().dir.exists());
-        assert!(!t.discard(None).unwrap(), "nothing left to remove");
+        assert_eq!(t.recent_failure(minute).unwrap().0, "checksum");
+        assert!(!t.discard(None, "again").unwrap(), "nothing left to remove");
     }
 
     #[test]

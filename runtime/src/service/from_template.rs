@@ -7,8 +7,10 @@
 //! placeholder NICs where the key has NICs, booted until the guest says
 //! ready, saved, stopped). A template that
 //! cannot be made or restored costs one `warn` line naming it and why, is
-//! removed (so the next sandbox makes it anew), and this sandbox boots
-//! cold. Whatever fails leaves no VM, thread or directory behind.
+//! removed, and this sandbox boots cold; for [`RETRY_FAILED_AFTER`] the
+//! sandboxes of its key then boot cold without trying again (an `info`
+//! line each), after which the next one makes it anew. Whatever fails
+//! leaves no VM, thread or directory behind.
 
 use std::time::{Duration, Instant};
 
@@ -29,6 +31,12 @@ use crate::template::{Template, TemplateKey};
 /// within about 2.2 s).
 const RESTORE_AGENT_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// How long after a template failed (to be made, or to restore) sandboxes
+/// of its key boot cold without trying it again: a host where templates
+/// cannot work would otherwise pay a template VM's boot on top of every
+/// sandbox's cold boot.
+pub const RETRY_FAILED_AFTER: Duration = Duration::from_secs(300);
+
 /// How long the template's guest gets, after its ready connection closed,
 /// for the vsock device to deliver the host's close to it, so the saved
 /// guest holds no half-closed connection.
@@ -48,25 +56,33 @@ pub async fn boot_vm(
         match from_template(config, &template, spec.clone(), timeout).await {
             Ok(vm) => return Ok(vm),
             Err(Failure::Sandbox(e)) => return Err(e),
+            Err(Failure::HeldBack(why)) => tracing::info!(
+                template = %template.paths().dir.display(),
+                "sandbox template not used: {why}; booting this sandbox cold"
+            ),
             Err(Failure::Template { why, discard }) => {
                 tracing::warn!(
                     template = %template.paths().dir.display(),
                     "sandbox template not used: {why}; booting this sandbox cold"
                 );
-                if let Some(state) = discard {
-                    let t = template.clone();
-                    match blocking(move || t.discard(state)).await {
-                        Ok(Ok(true)) => tracing::info!(
-                            template = %template.paths().dir.display(),
-                            "removed the template; the next sandbox makes a new one"
-                        ),
-                        Ok(Ok(false)) => {}
-                        Ok(Err(e)) => tracing::warn!(
-                            template = %template.paths().dir.display(),
-                            "cannot remove the template: {e}"
-                        ),
-                        Err(e) => tracing::warn!("cannot remove the template: {e}"),
-                    }
+                let t = template.clone();
+                let forgotten = blocking(move || match discard {
+                    Some(state) => t.discard(state, &why),
+                    None => t.record_failure(&why).map(|()| false),
+                })
+                .await;
+                match forgotten {
+                    Ok(Ok(true)) => tracing::info!(
+                        template = %template.paths().dir.display(),
+                        "removed the template; a sandbox makes a new one {} s from now",
+                        RETRY_FAILED_AFTER.as_secs()
+                    ),
+                    Ok(Ok(false)) => {}
+                    Ok(Err(e)) => tracing::warn!(
+                        template = %template.paths().dir.display(),
+                        "cannot remove the template or record its failure: {e}"
+                    ),
+                    Err(e) => tracing::warn!("cannot remove the template: {e}"),
                 }
             }
         }
@@ -85,6 +101,9 @@ enum Failure {
     },
     /// This sandbox is at fault (its directory): a cold boot fails alike.
     Sandbox(vm::Error),
+    /// The template failed a short while ago (see [`RETRY_FAILED_AFTER`]):
+    /// boot cold without trying it.
+    HeldBack(String),
 }
 
 /// The template `spec` would restore from, if snapshots are configured and
@@ -115,6 +134,13 @@ async fn from_template(
     timeout: Duration,
 ) -> Result<SandboxVm, Failure> {
     if !template.exists() {
+        if let Some((why, age)) = template.recent_failure(RETRY_FAILED_AFTER) {
+            return Err(Failure::HeldBack(format!(
+                "it failed {} s ago ({why}); sandboxes try it again {} s after a failure",
+                age.as_secs(),
+                RETRY_FAILED_AFTER.as_secs()
+            )));
+        }
         let begun = Instant::now();
         let sandbox = SandboxDir::new(
             &config.sandbox_root,
@@ -322,5 +348,21 @@ mod tests {
             .map(|d| d.flatten().map(|e| e.file_name()).collect())
             .unwrap_or_default();
         assert!(left.is_empty(), "{left:?}");
+
+        // The next sandbox of the key does not try to make it again.
+        let (why, _) = template
+            .recent_failure(RETRY_FAILED_AFTER)
+            .expect("the failure is recorded");
+        assert!(why.contains("cannot make it"), "{why}");
+        let spec = VmSpec {
+            sandbox: SandboxDir::new(&c.sandbox_root, "sb2").unwrap(),
+            ..test_support::spec(dir.path())
+        };
+        match from_template(&c, &template, spec, Duration::from_secs(5)).await {
+            Err(Failure::HeldBack(why)) => assert!(why.contains("cannot make it"), "{why}"),
+            Err(Failure::Template { why, .. }) => panic!("tried again: {why}"),
+            Err(Failure::Sandbox(e)) => panic!("{e}"),
+            Ok(_) => panic!("booted a VM without a kernel"),
+        }
     }
 }
