@@ -468,34 +468,48 @@ net_setup() {
 }
 mkdir -p "$W/www"
 echo 'hello over virtio-net' >"$W/www/index.html"
-if net_setup; then
+# net_check PREFIX ID RUN: in a fresh pair of namespaces (net_setup), bundle
+# ID's container shows its NIC and fetches the peer's page, started by the
+# command `RUN ID` (its output in $W/ID.out and $W/ID.err); the checks'
+# names start with PREFIX. Sets net_status to the run's exit status and
+# removes the namespaces again.
+net_check() {
+    local prefix=$1 id=$2 runner=$3 httpd_pid taps
+    net_status=
+    if ! net_setup; then
+        not_ok "${prefix}set-up" "cannot make the test's network namespaces and veth"
+        ip netns del "$NET_C" 2>/dev/null
+        ip netns del "$NET_P" 2>/dev/null
+        return
+    fi
     ip netns exec "$NET_P" /bin/busybox httpd -f -p 8080 -h "$W/www" &
     httpd_pid=$!
-    bundle net ".linux.namespaces |= map(if .type == \"network\" then .path = \"/run/netns/$NET_C\" else . end)" \
-        sh -c 'ip -o addr show; timeout 60 wget -q -O - http://10.231.7.1:8080/' || exit 2
-    run_net() { husk run --bundle "$W/net" net >"$W/net.out" 2>"$W/net.err"; }
+    bundle "$id" ".linux.namespaces |= map(if .type == \"network\" then .path = \"/run/netns/$NET_C\" else . end)" \
+        sh -c 'ip -o link show hv0; ip -o addr show; timeout 60 wget -q -O - http://10.231.7.1:8080/' || exit 2
     trace_clear
-    run_net
-    st=$?
-    if ((st != 0)) && platform_failed "$W/net.err"; then
-        platform_retry net "$W/net.err"
-        run_net
-        st=$?
+    t0=$(date +%s)
+    "$runner" "$id"
+    net_status=$?
+    if ((net_status != 0)) && platform_failed "$W/$id.err"; then
+        platform_retry "$id" "$W/$id.err"
+        "$runner" "$id"
+        net_status=$?
     fi
-    ((st == 0)) || trace_keep net
-    check "network: the veth's address is the guest NIC's" "exit $st: $(cat "$W/net.out") $(tail -n 3 "$W/net.err")" \
-        grep -q 'hv0 .*inet 10.231.7.2/24' "$W/net.out"
-    check "network: a page from the peer through the builtin VMM's virtio-net" "$(tail -n 3 "$W/net.err")" \
-        grep -qx 'hello over virtio-net' "$W/net.out"
-    taps=$(ip -n "$NET_C" -o link show | grep -c husktap)
-    check "network: no tap left in the namespace" "$taps tap(s)" test "$taps" -eq 0
+    ((net_status == 0)) || trace_keep "$id"
+    log "$id: exit $net_status after $(elapsed "$t0")"
+    check "${prefix}the guest NIC has the veth's MAC and address" "exit $net_status: $(cat "$W/$id.out") $(tail -n 3 "$W/$id.err")" \
+        eval "grep -q 'hv0.*link/ether 02:42:0a:e7:07:02' '$W/$id.out' && grep -q 'hv0 .*inet 10.231.7.2/24' '$W/$id.out'"
+    check "${prefix}a page from the peer through the builtin VMM's virtio-net" "$(tail -n 3 "$W/$id.err")" \
+        grep -qx 'hello over virtio-net' "$W/$id.out"
+    taps=$(($(ip -n "$NET_C" -o link show | grep -c husktap) + $(ip -o link show | grep -c husktap)))
+    check "${prefix}no tap left (the sandbox's namespace, L1's own)" "$taps tap(s)" test "$taps" -eq 0
     kill "$httpd_pid" 2>/dev/null
     wait "$httpd_pid" 2>/dev/null
-else
-    not_ok "network: set-up" "cannot make the test's network namespaces and veth"
-fi
-ip netns del "$NET_C" 2>/dev/null
-ip netns del "$NET_P" 2>/dev/null
+    ip netns del "$NET_C" 2>/dev/null
+    ip netns del "$NET_P" 2>/dev/null
+}
+run_cold() { husk run --bundle "$W/$1" "$1" >"$W/$1.out" 2>"$W/$1.err"; }
+net_check 'network: ' net run_cold
 
 # ---- 6. guests that die or never answer end the sandbox with an error ----
 
@@ -643,6 +657,14 @@ open(path, 'wb').write(data[:12] + struct.pack('<QI', len(body), zlib.crc32(body
 PY
     cp -a "$W/snapc" "$W/snapd"
     snap_fallback "a template from another husk version" snapd 'husk 0.0.0-other'
+    # The failure is remembered: the next sandbox of the key boots cold
+    # without making a template again (for 5 minutes).
+    cp -a "$W/snapc" "$W/snape"
+    snap_run snape
+    st=$?
+    check "snapshot: right after a failure, the next sandbox boots cold without making a template" \
+        "exit $st: $(stages snape); $(grep -m1 'template' "$OUT/snap-snape.log")" \
+        eval "((st == 0)) && booted_cold snape && grep -q 'it failed [0-9]* s ago' '$OUT/snap-snape.log' && test ! -e '$template'"
 else
     not_ok "snapshot: a template to corrupt" "none in $W/templates"
 fi
@@ -651,37 +673,10 @@ fi
 # has one NIC, so it makes a template of its own, booted with a
 # placeholder tap in a throwaway namespace, and restores from it; the
 # agent gives the link the veth's MAC, and the page comes from the peer.
-if net_setup; then
-    ip netns exec "$NET_P" /bin/busybox httpd -f -p 8080 -h "$W/www" &
-    httpd_pid=$!
-    bundle snet ".linux.namespaces |= map(if .type == \"network\" then .path = \"/run/netns/$NET_C\" else . end)" \
-        sh -c 'ip -o link show hv0; ip -o addr show; timeout 60 wget -q -O - http://10.231.7.1:8080/' || exit 2
-    trace_clear
-    t0=$(date +%s)
-    snap_run snet
-    st=$?
-    if ((st != 0)) && platform_failed "$W/snet.err"; then
-        platform_retry snet "$W/snet.err"
-        snap_run snet
-        st=$?
-    fi
-    ((st == 0)) || trace_keep snet
-    log "snet: exit $st after $(elapsed "$t0"); $(stages snet)"
-    check "snapshot: a sandbox with a NIC makes its template and is restored from it" "$(stages snet); $(tail -n 3 "$W/snet.err")" \
-        eval "grep -q 'template-made' '$OUT/snap-snet.log' && restored snet"
-    check "snapshot: the restored guest's NIC has the veth's MAC and address" "exit $st: $(cat "$W/snet.out")" \
-        eval "grep -q 'hv0.*link/ether 02:42:0a:e7:07:02' '$W/snet.out' && grep -q 'hv0 .*inet 10.231.7.2/24' '$W/snet.out'"
-    check "snapshot: a page from the peer through the restored guest's NIC" "$(tail -n 3 "$W/snet.err")" \
-        grep -qx 'hello over virtio-net' "$W/snet.out"
-    taps=$(( $(ip -n "$NET_C" -o link show | grep -c husktap) + $(ip -o link show | grep -c husktap) ))
-    check "snapshot: no tap left (the sandbox's namespace, L1's own)" "$taps tap(s)" test "$taps" -eq 0
-    kill "$httpd_pid" 2>/dev/null
-    wait "$httpd_pid" 2>/dev/null
-else
-    not_ok "snapshot: network set-up" "cannot make the test's network namespaces and veth"
-fi
-ip netns del "$NET_C" 2>/dev/null
-ip netns del "$NET_P" 2>/dev/null
+net_check 'snapshot: network: ' snet snap_run
+log "snet: $(stages snet)"
+check "snapshot: a sandbox with a NIC makes its template and is restored from it" "$(stages snet); $(tail -n 3 "$W/snet.err")" \
+    eval "grep -q 'template-made' '$OUT/snap-snet.log' && restored snet"
 left=$(leftovers)
 check "snapshot: nothing left behind (no template VM directory)" "$left" test -z "$left"
 
