@@ -102,6 +102,9 @@ pub struct SnapshotStatus {
     pub path: String,
     /// The templates there (their directory names).
     pub templates: Vec<String>,
+    /// Templates that failed in the last 5 minutes, which sandboxes do not
+    /// try meanwhile: `<hash>, <seconds> s ago: <why>` each.
+    pub held_back: Vec<String>,
     /// Why they are not in use, when they are not.
     pub reason: Option<String>,
 }
@@ -229,6 +232,10 @@ fn snapshot_status(config: &crate::config::Snapshot, backend: ConcreteBackend) -
         in_use: reason.is_none(),
         path: config.path.display().to_string(),
         templates: crate::template::list(&config.path),
+        held_back: crate::template::held_back(&config.path)
+            .into_iter()
+            .map(|(hash, why, age)| format!("{hash}, {} s ago: {why}", age.as_secs()))
+            .collect(),
         reason,
     }
 }
@@ -460,10 +467,16 @@ impl CheckReport {
             detail,
         });
         let snap = &self.snapshots;
-        let templates = match snap.templates.len() {
+        let mut templates = match snap.templates.len() {
             0 => "no template yet (the first sandbox makes one)".to_owned(),
             _ => format!("templates: {}", snap.templates.join(", ")),
         };
+        if !snap.held_back.is_empty() {
+            templates.push_str(&format!(
+                "; failed, so sandboxes boot cold for 5 minutes: {}",
+                snap.held_back.join("; ")
+            ));
+        }
         lines.push(match &snap.reason {
             None => line(
                 "snapshots",
@@ -606,6 +619,20 @@ mod tests {
             "{report}"
         );
         assert!(report.snapshots.in_use);
+        // What a template's failure leaves (crate::template's own tests
+        // make it the real way).
+        fs::write(
+            inputs.snapshot.path.join("0123456789abcdef.failed"),
+            "booting its VM: no kernel",
+        )
+        .unwrap();
+        let report = run_on(&inputs, &vmx_host());
+        let snapshots = line_of(&report, "snapshots");
+        assert!(
+            snapshots.contains("failed, so sandboxes boot cold for 5 minutes: 0123456789abcdef, ")
+                && snapshots.ends_with(" s ago: booting its VM: no kernel"),
+            "{report}"
+        );
 
         inputs.backend = Backend::Qemu;
         let report = run_on(&inputs, &vmx_host());

@@ -43,6 +43,12 @@ const FAILED_SUFFIX: &str = ".failed";
 /// The most of a failure's reason kept (and read back).
 const FAILED_REASON_MAX: usize = 1024;
 
+/// How long after a template failed (to be made, or to restore) sandboxes
+/// of its key boot cold without trying it again: a host where templates
+/// cannot work would otherwise pay a template VM's boot on top of every
+/// sandbox's cold boot.
+pub const RETRY_FAILED_AFTER: Duration = Duration::from_secs(300);
+
 /// Everything a saved guest depends on, as one line per item. Two specs
 /// with the same key boot the same guest up to the point the template is
 /// taken (the agent's ready line).
@@ -288,6 +294,47 @@ impl Template {
     }
 }
 
+/// The failure recorded at `path` (its reason and age), if younger than
+/// `within`.
+fn read_failure(path: &Path, within: Duration) -> Option<(String, Duration)> {
+    let age = std::fs::metadata(path)
+        .ok()?
+        .modified()
+        .ok()?
+        .elapsed()
+        .ok()?;
+    if age >= within {
+        return None;
+    }
+    let mut why = Vec::new();
+    File::open(path)
+        .ok()?
+        .take(FAILED_REASON_MAX as u64)
+        .read_to_end(&mut why)
+        .ok()?;
+    Some((String::from_utf8_lossy(&why).into_owned(), age))
+}
+
+/// The templates under `root` held back after a failure (see
+/// [`RETRY_FAILED_AFTER`]): each one's hash, why it failed and how long
+/// ago, sorted by hash.
+pub fn held_back(root: &Path) -> Vec<(String, String, Duration)> {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    let mut found: Vec<_> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let hash = name.strip_suffix(FAILED_SUFFIX)?.to_owned();
+            let (why, age) = read_failure(&e.path(), RETRY_FAILED_AFTER)?;
+            Some((hash, why, age))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
 fn remove_file(path: &Path) -> io::Result<()> {
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
@@ -441,6 +488,10 @@ mod tests {
         // Another key's template is not held back.
         let other = Template::new(&dir.path().join("snapshots"), TemplateKey("other".into()));
         assert!(other.recent_failure(minute).is_none());
+        let listed = held_back(&dir.path().join("snapshots"));
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert_eq!(listed[0].0, t.hash());
+        assert_eq!(listed[0].1, why);
         let lock = t.lock(true).unwrap();
         fake(&t.making_paths());
         t.publish().unwrap();

@@ -665,6 +665,9 @@ PY
     check "snapshot: right after a failure, the next sandbox boots cold without making a template" \
         "exit $st: $(stages snape); $(grep -m1 'template' "$OUT/snap-snape.log")" \
         eval "((st == 0)) && booted_cold snape && grep -q 'it failed [0-9]* s ago' '$OUT/snap-snape.log' && test ! -e '$template'"
+    out=$(CONFIG=snap husk check 2>&1)
+    check "snapshot: husk check names the template held back after its failure" "$out" \
+        grep -qE "^snapshots +on .*failed, so sandboxes boot cold for 5 minutes: $(basename "$template"), [0-9]+ s ago: " <<<"$out"
 else
     not_ok "snapshot: a template to corrupt" "none in $W/templates"
 fi

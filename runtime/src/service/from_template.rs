@@ -23,19 +23,13 @@ use crate::hypervisor::builtin::{self, Builtin};
 use crate::hypervisor::{self, ConcreteBackend, Hypervisor, VmSpec};
 use crate::network::placeholder;
 use crate::sandbox_dir::SandboxDir;
-use crate::template::{Template, TemplateKey};
+use crate::template::{Template, TemplateKey, RETRY_FAILED_AFTER};
 
 /// How long a restored guest's agent gets to answer: it was listening when
 /// the template was saved, so this only bounds a broken restore (nested,
 /// under QEMU's emulation on a loaded machine, restored agents answered
 /// within about 2.2 s).
 const RESTORE_AGENT_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// How long after a template failed (to be made, or to restore) sandboxes
-/// of its key boot cold without trying it again: a host where templates
-/// cannot work would otherwise pay a template VM's boot on top of every
-/// sandbox's cold boot.
-pub const RETRY_FAILED_AFTER: Duration = Duration::from_secs(300);
 
 /// How long the template's guest gets, after its ready connection closed,
 /// for the vsock device to deliver the host's close to it, so the saved
