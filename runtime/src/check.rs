@@ -473,7 +473,8 @@ impl CheckReport {
         };
         if !snap.held_back.is_empty() {
             templates.push_str(&format!(
-                "; failed, so sandboxes boot cold for 5 minutes: {}",
+                "; failed, so sandboxes boot cold for {} minutes: {}",
+                crate::template::RETRY_FAILED_AFTER.as_secs() / 60,
                 snap.held_back.join("; ")
             ));
         }

@@ -155,6 +155,8 @@ impl Fields {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn an_error_line_names_each_cause_once_on_one_line() {
         let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such\nfile");
@@ -170,8 +172,6 @@ mod tests {
         let e = anyhow::anyhow!("inner").context("outer");
         assert_eq!(error_line(&e), "outer: inner");
     }
-
-    use super::*;
 
     #[test]
     fn formats_parse_and_bad_ones_are_named() {

@@ -189,10 +189,7 @@ impl Template {
     /// shared (to read it); blocks until it is had. Creates the templates'
     /// directory (mode 0700: a template holds a guest's memory) if needed.
     pub fn lock(&self, exclusive: bool) -> io::Result<TemplateLock> {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.root)?;
+        self.create_root()?;
         let path = self.root.join(format!("{}{LOCK_SUFFIX}", self.hash));
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -226,6 +223,15 @@ impl Template {
         File::open(&self.root)?.sync_all()
     }
 
+    /// Creates the templates' directory if needed, mode 0700: a template
+    /// holds a guest's memory.
+    fn create_root(&self) -> io::Result<()> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.root)
+    }
+
     fn failed_path(&self) -> PathBuf {
         self.root.join(format!("{}{FAILED_SUFFIX}", self.hash))
     }
@@ -233,10 +239,7 @@ impl Template {
     /// Records that the template could not be made or restored, and why
     /// (one line, at most 1 KiB kept); see [`recent_failure`](Self::recent_failure).
     pub fn record_failure(&self, why: &str) -> io::Result<()> {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.root)?;
+        self.create_root()?;
         let line = why.split_whitespace().collect::<Vec<_>>().join(" ");
         let cut = (0..=line.len().min(FAILED_REASON_MAX))
             .rev()
@@ -249,23 +252,7 @@ impl Template {
     /// than `within` ago: sandboxes boot cold meanwhile instead of trying
     /// again.
     pub fn recent_failure(&self, within: Duration) -> Option<(String, Duration)> {
-        let path = self.failed_path();
-        let age = std::fs::metadata(&path)
-            .ok()?
-            .modified()
-            .ok()?
-            .elapsed()
-            .ok()?;
-        if age >= within {
-            return None;
-        }
-        let mut why = Vec::new();
-        File::open(&path)
-            .ok()?
-            .take(FAILED_REASON_MAX as u64)
-            .read_to_end(&mut why)
-            .ok()?;
-        Some((String::from_utf8_lossy(&why).into_owned(), age))
+        read_failure(&self.failed_path(), within)
     }
 
     /// Removes what a maker that died left half made (call with the
