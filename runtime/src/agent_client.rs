@@ -196,7 +196,14 @@ pub async fn connect_running(socket: &Path) -> Result<AgentServiceClient, Error>
 
 /// A ttrpc context for a short agent call.
 pub fn ctx() -> husk_protocol::ttrpc::context::Context {
-    husk_protocol::ttrpc::context::with_timeout(CALL_TIMEOUT.as_nanos() as i64)
+    ctx_with_timeout(CALL_TIMEOUT)
+}
+
+/// A ttrpc context for an agent call that may take up to `timeout`.
+pub fn ctx_with_timeout(timeout: Duration) -> husk_protocol::ttrpc::context::Context {
+    husk_protocol::ttrpc::context::with_timeout(
+        i64::try_from(timeout.as_nanos()).unwrap_or(i64::MAX),
+    )
 }
 
 /// The agent's own message from a ttrpc error.

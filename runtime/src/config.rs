@@ -128,6 +128,9 @@ pub struct Guest {
     pub memory_overhead_mib: u32,
     /// Seconds to wait for the guest agent after starting the VM.
     pub boot_timeout_secs: u32,
+    /// Seconds the guest may take to create a container (CreateContainer:
+    /// its mounts, cgroup and process); an overcommitted host slows it.
+    pub create_container_timeout_secs: u32,
     /// Keep the guest kernel's messages and the agent's debug log on the
     /// sandbox console (`console.log` in the sandbox directory).
     pub debug_console: bool,
@@ -183,6 +186,7 @@ impl Default for Guest {
             default_memory_mib: 256,
             memory_overhead_mib: 128,
             boot_timeout_secs: 60,
+            create_container_timeout_secs: 60,
             debug_console: false,
             kernel_params: String::new(),
         }
@@ -273,6 +277,9 @@ impl Config {
         }
         if g.boot_timeout_secs == 0 {
             return Err("guest.boot_timeout_secs must be at least 1".into());
+        }
+        if g.create_container_timeout_secs == 0 {
+            return Err("guest.create_container_timeout_secs must be at least 1".into());
         }
         if !matches!(
             self.log_level.as_str(),
@@ -442,6 +449,8 @@ mod tests {
         assert!(err.contains("loud"), "{err}");
         let err = Config::parse("[guest]\nkernel_params = \"a\\nb\"\n").unwrap_err();
         assert!(err.contains("kernel_params"), "{err}");
+        let err = Config::parse("[guest]\ncreate_container_timeout_secs = 0\n").unwrap_err();
+        assert!(err.contains("create_container_timeout_secs"), "{err}");
         let err = Config::parse("[snapshot]\npath = \"rel\"\n").unwrap_err();
         assert!(err.contains("snapshot.path"), "{err}");
         let err = Config::parse("[snapshot]\nenable = true\n").unwrap_err();

@@ -27,7 +27,7 @@ use std::time::Duration;
 use husk_protocol::agent::*;
 use husk_protocol::agent_ttrpc::AgentServiceClient;
 
-use crate::agent_client::{agent_message, ctx};
+use crate::agent_client::{self, agent_message, ctx};
 use crate::config::{Config, VmSize};
 use crate::host_process::HostProcess;
 use crate::hypervisor::{NicSpec, VmExit, VmSpec, FS_TAG};
@@ -124,6 +124,8 @@ pub struct Sandbox {
     shares: HashMap<String, Share>,
     network: HostNetwork,
     dns: Option<DnsRelay>,
+    /// How long CreateContainer may take (`guest.create_container_timeout_secs`).
+    create_timeout: Duration,
 }
 
 impl Sandbox {
@@ -203,6 +205,7 @@ impl Sandbox {
             shares: HashMap::new(),
             network,
             dns,
+            create_timeout: Duration::from_secs(config.guest.create_container_timeout_secs.into()),
         };
         if let Err(e) = sandbox.set_up_guest(&options).await {
             sandbox.down().await;
@@ -310,7 +313,7 @@ impl Sandbox {
         let created = self
             .agent()
             .create_container(
-                ctx(),
+                agent_client::ctx_with_timeout(self.create_timeout),
                 &CreateContainerRequest {
                     container_id: id.into(),
                     exec_id: exec_id.into(),
@@ -325,9 +328,18 @@ impl Sandbox {
         if let Err(e) = created {
             drop(share);
             self.remove_share_dir(id);
-            return Err(Error::new(format!(
-                "creating the container in the guest: {}",
+            // ttrpc words a deadline as "Request deadline elapsed": name the
+            // setting that gives the guest more time instead.
+            let why = if begun.elapsed() >= self.create_timeout {
+                format!(
+                    "no answer within {} s (guest.create_container_timeout_secs)",
+                    self.create_timeout.as_secs()
+                )
+            } else {
                 agent_message(&e)
+            };
+            return Err(Error::new(format!(
+                "creating the container in the guest: {why}"
             )));
         }
         self.shares.insert(id.to_owned(), share);
