@@ -20,6 +20,9 @@ readonly W=/tmp/nested
 readonly SANDBOXES=/run/husk/vm
 # A guest boot here is everything emulated twice over: tens of seconds.
 readonly BOOT_TIMEOUT=150
+# A container reaching "running": its boot and its CreateContainer, each
+# given BOOT_TIMEOUT (see `config`).
+readonly RUN_TIMEOUT=$((2 * BOOT_TIMEOUT))
 # The guest that never answers: long enough for its kernel to reach /init.
 readonly SILENT_TIMEOUT=30
 
@@ -239,9 +242,9 @@ boot_two_at_once() {
     log "booting main and exit3 at once, under ${#hogs[@]} CPU hogs"
     LIMIT=900 husk run --bundle "$W/main" main >"$W/main.out" 2>"$W/main.err" &
     main_pid=$!
-    husk run --bundle "$W/exit3" exit3 >"$W/exit3.out" 2>"$W/exit3.err" &
+    LIMIT=$((RUN_TIMEOUT + 90)) husk run --bundle "$W/exit3" exit3 >"$W/exit3.out" 2>"$W/exit3.err" &
     exit3_pid=$!
-    wait_status main running "$BOOT_TIMEOUT"
+    wait_status main running "$RUN_TIMEOUT"
     main_up=$?
     ((main_up == 0)) || kill "$main_pid" 2>/dev/null
     keep_console main
@@ -593,7 +596,7 @@ start_smain() {
     t0=$(date +%s)
     CONFIG=snap LOG=$OUT/snap-smain.log LIMIT=900 husk run --bundle "$W/smain" smain >"$W/smain.out" 2>"$W/smain.err" &
     smain_pid=$!
-    wait_status smain running "$((BOOT_TIMEOUT + 60))"
+    wait_status smain running "$((RUN_TIMEOUT + 60))"
     smain_up=$?
 }
 trace_clear
