@@ -582,7 +582,10 @@ snap_run() { CONFIG=snap LOG=$OUT/snap-$1.log husk run --bundle "$W/$1" "$1" >"$
 # restored ID: its VM came from the template (and was not booted cold).
 restored() { grep -q 'vm-restored' "$OUT/snap-$1.log" && ! grep -q 'vm-started' "$OUT/snap-$1.log"; }
 booted_cold() { grep -q 'vm-started' "$OUT/snap-$1.log" && ! grep -q 'vm-restored' "$OUT/snap-$1.log"; }
-stages() { grep -o -E 'stage="[a-z-]+" ms="[0-9.]+"' "$OUT/snap-$1.log" | sed 's/stage="//; s/" ms="/ /; s/"$/ ms/' | paste -sd, -; }
+stages() {
+    grep -o -E 'stage="[a-z-]+" ms="[0-9.]+"( guest_ms="[0-9.]+")?' "$OUT/snap-$1.log" |
+        sed -E 's/stage="//; s/" ms="/ /; s/" guest_ms="([0-9.]+)"$/ ms (guest \1 ms)/; s/"$/ ms/' | paste -sd, -
+}
 the_template() { find "$W/templates" -mindepth 1 -maxdepth 1 -type d ! -name '*.tmp' | head -n 1; }
 
 out=$(CONFIG=snap husk check 2>&1)
