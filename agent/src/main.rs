@@ -1,5 +1,6 @@
 //! `husk-agent`: PID 1 of the husk guest (or a plain process for host tests).
 
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -25,6 +26,12 @@ struct Options {
     log_level: String,
 }
 
+/// The log filter unless told otherwise: info, without what libcgroups
+/// says of every container at info and warn (the cgroup version, the
+/// controllers it does not know). The console is a serial port, each byte
+/// a VM exit.
+const DEFAULT_LOG_FILTER: &str = "info,libcgroups::common=warn,libcgroups::v2::util=error";
+
 fn parse_args() -> anyhow::Result<Options> {
     let mut options = Options {
         listen: ListenAddr::Vsock(husk_protocol::AGENT_VSOCK_PORT),
@@ -33,7 +40,11 @@ fn parse_args() -> anyhow::Result<Options> {
         dns_relay_host: HostAddr::default(),
         // As /init the host waits for the ready line; a host test asks.
         ready_host: init::is_init().then(husk_agent::ready::host_default),
-        log_level: "info".into(),
+        // As /init, the host may set it on the kernel command line.
+        log_level: std::env::var(husk_protocol::AGENT_LOG_ENV)
+            .ok()
+            .filter(|level| init::is_init() && !level.is_empty())
+            .unwrap_or_else(|| DEFAULT_LOG_FILTER.into()),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -85,12 +96,21 @@ fn main() {
 fn run() -> anyhow::Result<()> {
     boot_stages::mark(Stage::Init);
     let options = parse_args()?;
+    // A copy of stderr (the console, as /init) that closes on exec: a
+    // container's init is forked from this process and logs through the
+    // same subscriber until it execs, by then with its stderr being the
+    // container's, where the agent's lines must not go.
+    let log = std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(|fd| Arc::new(std::fs::File::from(fd)))
+        .context("duplicating stderr for the log")?;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&options.log_level)
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER)),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(log)
         .init();
 
     if init::is_init() {
@@ -163,5 +183,15 @@ async fn wait_for_termination() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_log_filter_parses() {
+        tracing_subscriber::EnvFilter::try_new(DEFAULT_LOG_FILTER).unwrap();
     }
 }

@@ -269,6 +269,14 @@ impl Config {
         if g.kernel_params.contains(['\n', '\0']) {
             return Err("guest.kernel_params must be one line of words".into());
         }
+        if g.kernel_params.split_whitespace().any(|word| word == "--") {
+            // The VMM's own device words follow these on the line, and
+            // the kernel would hand them to init instead.
+            return Err(
+                "guest.kernel_params must not contain \"--\": the words after it would go to the guest's init, not its kernel"
+                    .into(),
+            );
+        }
         if !self.snapshot.path.is_absolute() {
             return Err(format!(
                 "snapshot.path {} must be an absolute path",
@@ -449,6 +457,8 @@ mod tests {
         assert!(err.contains("loud"), "{err}");
         let err = Config::parse("[guest]\nkernel_params = \"a\\nb\"\n").unwrap_err();
         assert!(err.contains("kernel_params"), "{err}");
+        let err = Config::parse("[guest]\nkernel_params = \"a -- b\"\n").unwrap_err();
+        assert!(err.contains("kernel_params") && err.contains("--"), "{err}");
         let err = Config::parse("[guest]\ncreate_container_timeout_secs = 0\n").unwrap_err();
         assert!(err.contains("create_container_timeout_secs"), "{err}");
         let err = Config::parse("[snapshot]\npath = \"rel\"\n").unwrap_err();

@@ -31,6 +31,13 @@ pub mod agent_ttrpc {
 /// The vsock port the agent listens on in the guest.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 
+/// The kernel command-line word `<AGENT_LOG_ENV>=<level>` sets the agent's
+/// log level. The kernel hands a `key=value` word it does not know (and
+/// whose key has no dot) to init as an environment variable; the host
+/// cannot use init's arguments (after `--`), since the builtin VMM's
+/// `virtio_mmio.device=` words come last on the line.
+pub const AGENT_LOG_ENV: &str = "husk_agent_log";
+
 /// The vsock port on the host (CID 2) that relays the guest's DNS queries
 /// to the loopback nameservers of the container's network namespace.
 ///

@@ -142,6 +142,7 @@ impl Sandbox {
         let mut kernel_args = Vec::new();
         if config.guest.debug_console {
             kernel_args.push("loglevel=7".to_owned());
+            kernel_args.push(format!("{}=debug", husk_protocol::AGENT_LOG_ENV));
         }
         kernel_args.extend(
             config
