@@ -32,6 +32,14 @@ struct Options {
 /// a VM exit.
 const DEFAULT_LOG_FILTER: &str = "info,libcgroups::common=warn,libcgroups::v2::util=error";
 
+/// The log level before any `--log-level`: as /init, the one the host set
+/// on the kernel command line (`from_kernel`), if any.
+fn default_log_level(from_kernel: Option<String>, as_init: bool) -> String {
+    from_kernel
+        .filter(|level| as_init && !level.is_empty())
+        .unwrap_or_else(|| DEFAULT_LOG_FILTER.into())
+}
+
 fn parse_args() -> anyhow::Result<Options> {
     let mut options = Options {
         listen: ListenAddr::Vsock(husk_protocol::AGENT_VSOCK_PORT),
@@ -40,11 +48,10 @@ fn parse_args() -> anyhow::Result<Options> {
         dns_relay_host: HostAddr::default(),
         // As /init the host waits for the ready line; a host test asks.
         ready_host: init::is_init().then(husk_agent::ready::host_default),
-        // As /init, the host may set it on the kernel command line.
-        log_level: std::env::var(husk_protocol::AGENT_LOG_ENV)
-            .ok()
-            .filter(|level| init::is_init() && !level.is_empty())
-            .unwrap_or_else(|| DEFAULT_LOG_FILTER.into()),
+        log_level: default_log_level(
+            std::env::var(husk_protocol::AGENT_LOG_ENV).ok(),
+            init::is_init(),
+        ),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -193,5 +200,19 @@ mod tests {
     #[test]
     fn the_default_log_filter_parses() {
         tracing_subscriber::EnvFilter::try_new(DEFAULT_LOG_FILTER).unwrap();
+    }
+
+    #[test]
+    fn only_init_takes_its_log_level_from_the_kernel_line() {
+        assert_eq!(default_log_level(Some("debug".into()), true), "debug");
+        assert_eq!(
+            default_log_level(Some("debug".into()), false),
+            DEFAULT_LOG_FILTER
+        );
+        assert_eq!(
+            default_log_level(Some(String::new()), true),
+            DEFAULT_LOG_FILTER
+        );
+        assert_eq!(default_log_level(None, true), DEFAULT_LOG_FILTER);
     }
 }

@@ -29,6 +29,16 @@ async fn echo_and_exit_codes() {
     assert_eq!(status, 3);
 }
 
+/// The container's init is forked from the agent and logs through its
+/// subscriber until it execs: none of that may reach the container's stderr.
+#[tokio::test]
+async fn the_agents_debug_log_stays_out_of_a_containers_stderr() {
+    let agent = Agent::start_args(&["--log-level", "debug"]);
+    let client = agent.client().await;
+    let (out, err, status) = run(&client, &unique_id("quiet"), &spec(&["echo", "only this"])).await;
+    assert_eq!((out.as_str(), err.as_str(), status), ("only this\n", "", 0));
+}
+
 #[tokio::test]
 async fn sigterm_gives_143() {
     let agent = Agent::start();

@@ -68,6 +68,9 @@ impl Agent {
             .args(netns.then_some("--net"))
             .arg("--")
             .arg(env!("CARGO_BIN_EXE_husk-agent"))
+            // Before `args`, which may set their own (the last one wins).
+            .arg("--log-level")
+            .arg(std::env::var("HUSK_TEST_AGENT_LOG").unwrap_or_else(|_| "error".into()))
             .args(args)
             .arg("--listen")
             .arg(format!("unix:{}", socket.display()))
@@ -75,8 +78,6 @@ impl Agent {
             .arg(dir.path().join("state"))
             .arg("--resolv-conf")
             .arg(dir.path().join("resolv.conf"))
-            .arg("--log-level")
-            .arg(std::env::var("HUSK_TEST_AGENT_LOG").unwrap_or_else(|_| "error".into()))
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn husk-agent");

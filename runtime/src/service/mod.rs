@@ -139,18 +139,7 @@ impl Sandbox {
         husk_vmm::seccomp::set_enabled(config.vmm.seccomp);
         let host = husk_vmm::machine::HostCheck::run();
         let (backend, _) = config.hypervisor.resolve(&host);
-        let mut kernel_args = Vec::new();
-        if config.guest.debug_console {
-            kernel_args.push("loglevel=7".to_owned());
-            kernel_args.push(format!("{}=debug", husk_protocol::AGENT_LOG_ENV));
-        }
-        kernel_args.extend(
-            config
-                .guest
-                .kernel_params
-                .split_whitespace()
-                .map(str::to_owned),
-        );
+        let kernel_args = sandbox_kernel_args(&config.guest);
         // Dropping `network` on any failure below removes the tc setup.
         let network = wire_network(options.network.clone()).await?;
         tracing::info!(
@@ -330,16 +319,7 @@ impl Sandbox {
         if let Err(e) = created {
             drop(share);
             self.remove_share_dir(id);
-            // ttrpc words a deadline as "Request deadline elapsed": name the
-            // setting that gives the guest more time instead.
-            let why = if begun.elapsed() >= self.create_timeout {
-                format!(
-                    "no answer within {} s (guest.create_container_timeout_secs)",
-                    self.create_timeout.as_secs()
-                )
-            } else {
-                agent_message(&e)
-            };
+            let why = create_failure(agent_message(&e), asked.elapsed(), self.create_timeout);
             return Err(Error::new(format!(
                 "creating the container in the guest: {why}"
             )));
@@ -593,9 +573,66 @@ fn dns_relay_socket(dir: &Path) -> PathBuf {
     PathBuf::from(path)
 }
 
+/// The sandbox's own words for the guest kernel's command line, after the
+/// backend's: with `debug_console`, every kernel message and the agent's
+/// debug log; then `kernel_params`.
+fn sandbox_kernel_args(guest: &crate::config::Guest) -> Vec<String> {
+    let mut args = Vec::new();
+    if guest.debug_console {
+        args.push("loglevel=7".to_owned());
+        args.push(format!("{}=debug", husk_protocol::AGENT_LOG_ENV));
+    }
+    args.extend(guest.kernel_params.split_whitespace().map(str::to_owned));
+    args
+}
+
+/// Why CreateContainer failed, from the agent's message and how long the
+/// call waited: ttrpc words a deadline as "Request deadline elapsed", so a
+/// call that reached `timeout` names the setting that gives it more time.
+fn create_failure(agent_said: String, waited: Duration, timeout: Duration) -> String {
+    if waited >= timeout {
+        format!(
+            "no answer within {} s (guest.create_container_timeout_secs)",
+            timeout.as_secs()
+        )
+    } else {
+        agent_said
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_console_asks_the_kernel_and_the_agent_for_everything_before_kernel_params() {
+        let mut guest = crate::config::Guest {
+            kernel_params: "a  b=1".into(),
+            ..Default::default()
+        };
+        assert_eq!(sandbox_kernel_args(&guest), ["a", "b=1"]);
+        guest.debug_console = true;
+        assert_eq!(
+            sandbox_kernel_args(&guest),
+            ["loglevel=7", "husk_agent_log=debug", "a", "b=1"]
+        );
+    }
+
+    #[test]
+    fn a_create_that_reached_its_deadline_names_the_setting() {
+        let timeout = Duration::from_secs(60);
+        let why = create_failure(
+            "ttrpc err: Request deadline elapsed".into(),
+            timeout,
+            timeout,
+        );
+        assert_eq!(
+            why,
+            "no answer within 60 s (guest.create_container_timeout_secs)"
+        );
+        let why = create_failure("no such file".into(), Duration::from_secs(1), timeout);
+        assert_eq!(why, "no such file");
+    }
 
     #[test]
     fn each_guest_gets_its_own_entropy() {
