@@ -440,9 +440,11 @@ fn podman_network_checks(runtime: &str, husk: Option<&Runtime>) {
 
     // Podman's default network: the container finds the host side of the
     // bridge as its default gateway and fetches the test's page from it.
+    // The trailing `exit` keeps wget a child of sh: sh would exec a last
+    // simple command, and a container's PID 1 ignores timeout's signal.
     let script = format!(
         "gw=$(ip route | awk '/^default/ {{print $3}}'); ip -o -4 addr show dev eth0; \
-         echo gateway=$gw; timeout 20 wget -q -O - http://$gw:{HOST_PORT}/"
+         echo gateway=$gw; timeout 20 wget -q -O - http://$gw:{HOST_PORT}/; exit $?"
     );
     let out = podman.podman(&["run", "--rm", IMAGE, "sh", "-c", &script]);
     let text = ok(&out, "podman run (default network)");

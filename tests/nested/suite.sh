@@ -492,6 +492,35 @@ echo 'hello over virtio-net' >"$W/www/index.html"
 # command `RUN ID` (its output in $W/ID.out and $W/ID.err); the checks'
 # names start with PREFIX. Sets net_status to the run's exit status and
 # removes the namespaces again.
+# The container's fetch of the peer's page. wget is sh's child, not the
+# container's PID 1 (sh would exec a last simple command), so timeout's
+# signal reaches it: a PID 1 ignores signals it has no handler for. A
+# failed fetch prints the guest's view of its NIC, for the check's reason.
+# One line: bundle passes each line as an argument of its own.
+NET_FETCH='timeout 60 wget -q -O - http://10.231.7.1:8080/ && exit 0; echo "wget failed ($?);" $(grep hv0 /proc/net/dev) "; irqs:" $(grep -i virtio /proc/interrupts) "; neigh:" $(ip neigh); exit 1'
+readonly NET_FETCH
+# veth_packets NETNS LINK: "LINK rx N tx N" (packets).
+veth_packets() {
+    ip -n "$1" -s -j link show "$2" | jq -r --arg l "$2" '.[0].stats64 | "\($l) rx \(.rx.packets) tx \(.tx.packets);"'
+}
+# net_evidence ID: why bundle ID's fetch failed, on one line: the run's
+# error, what the guest saw, the veths' counters (the tap's frames cross
+# hv0), husk's warnings, and, when the run hung, where its threads waited.
+net_evidence() {
+    local id=$1 log=$OUT/snap-$1.log hang
+    [[ -f $log ]] || log=$OUT/husk.log
+    hang=$(ls -t "$OUT"/hang-run-*.txt 2>/dev/null | head -n 1)
+    {
+        tail -n 3 "$W/$id.err"
+        grep 'wget failed' "$W/$id.out"
+        veth_packets "$NET_C" hv0
+        veth_packets "$NET_P" hp0
+        grep -E 'level=(warning|error)' "$log" | tail -n 3
+        # A run that hung: its husk threads and what each waits on.
+        [[ -n $hang && $hang -nt $W/$id.err ]] &&
+            awk '$5 ~ /^husk/ {print $5 ":" $3 ":" $4}' "$hang" | sort | uniq -c | head -n 20
+    } 2>/dev/null | tr -s ' \n' ' ' | cut -c1-1500
+}
 net_check() {
     local prefix=$1 id=$2 runner=$3 httpd_pid taps
     net_status=
@@ -504,7 +533,7 @@ net_check() {
     ip netns exec "$NET_P" /bin/busybox httpd -f -p 8080 -h "$W/www" &
     httpd_pid=$!
     bundle "$id" ".linux.namespaces |= map(if .type == \"network\" then .path = \"/run/netns/$NET_C\" else . end)" \
-        sh -c 'ip -o link show hv0; ip -o addr show; timeout 60 wget -q -O - http://10.231.7.1:8080/' || exit 2
+        sh -c "ip -o link show hv0; ip -o addr show; $NET_FETCH" || exit 2
     trace_clear
     t0=$(date +%s)
     "$runner" "$id"
@@ -518,7 +547,7 @@ net_check() {
     log "$id: exit $net_status after $(elapsed "$t0")"
     check "${prefix}the guest NIC has the veth's MAC and address" "exit $net_status: $(cat "$W/$id.out") $(tail -n 3 "$W/$id.err")" \
         eval "grep -q 'hv0.*link/ether 02:42:0a:e7:07:02' '$W/$id.out' && grep -q 'hv0 .*inet 10.231.7.2/24' '$W/$id.out'"
-    check "${prefix}a page from the peer through the builtin VMM's virtio-net" "$(tail -n 3 "$W/$id.err")" \
+    check "${prefix}a page from the peer through the builtin VMM's virtio-net" "$(net_evidence "$id")" \
         grep -qx 'hello over virtio-net' "$W/$id.out"
     taps=$(($(ip -n "$NET_C" -o link show | grep -c husktap) + $(ip -o link show | grep -c husktap)))
     check "${prefix}no tap left (the sandbox's namespace, L1's own)" "$taps tap(s)" test "$taps" -eq 0
