@@ -505,7 +505,8 @@ veth_packets() {
 }
 # net_evidence ID: why bundle ID's fetch failed, on one line: the run's
 # error, what the guest saw, the veths' counters (the tap's frames cross
-# hv0), husk's warnings, and, when the run hung, where its threads waited.
+# hv0), husk's warnings, the device's counters, and, when the run hung,
+# where its threads waited.
 net_evidence() {
     local id=$1 log=$OUT/snap-$1.log hang
     [[ -f $log ]] || log=$OUT/husk.log
@@ -516,6 +517,9 @@ net_evidence() {
         veth_packets "$NET_C" hv0
         veth_packets "$NET_P" hp0
         grep -E 'level=(warning|error)' "$log" | tail -n 3
+        # The device's own counters (logged at info, as the snapshot
+        # configuration logs), for the template's VM and this sandbox's.
+        grep -o 'virtio-net counters.*' "$log" | tail -n 2
         # A run that hung: its husk threads and what each waits on.
         [[ -n $hang && $hang -nt $W/$id.err ]] &&
             awk '$5 ~ /^husk/ {print $5 ":" $3 ":" $4}' "$hang" | sort | uniq -c | head -n 20

@@ -401,3 +401,27 @@ pub fn write_descriptor(mem: &GuestMemoryMmap, table: u64, slot: u16, desc: Desc
     mem.write_obj(flags, GuestAddress(at + 12)).unwrap();
     mem.write_obj(next, GuestAddress(at + 14)).unwrap();
 }
+
+/// A [`VirtioInterrupt`](crate::virtio::VirtioInterrupt) that hands every
+/// interrupt a device raises to the receiver [`new`](Self::new) returns.
+pub struct InterruptRecorder(
+    std::sync::Mutex<std::sync::mpsc::Sender<crate::virtio::InterruptKind>>,
+);
+
+impl InterruptRecorder {
+    /// The recorder, and where its interrupts arrive.
+    pub fn new() -> (
+        Self,
+        std::sync::mpsc::Receiver<crate::virtio::InterruptKind>,
+    ) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        (Self(std::sync::Mutex::new(tx)), rx)
+    }
+}
+
+impl crate::virtio::VirtioInterrupt for InterruptRecorder {
+    fn notify(&self, kind: crate::virtio::InterruptKind) -> std::io::Result<()> {
+        let _ = self.0.lock().unwrap().send(kind);
+        Ok(())
+    }
+}

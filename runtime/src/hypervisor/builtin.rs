@@ -13,7 +13,7 @@ use std::fs::File;
 use std::time::Duration;
 
 use husk_vmm::devices::fs::{FsConfig, FsDevice, FsMmioDevice};
-use husk_vmm::devices::net::NetMmioDevice;
+use husk_vmm::devices::net::{NetMmioDevice, NetStatsHandle};
 use husk_vmm::devices::vsock::VsockMmioDevice;
 use husk_vmm::machine::{ExitReason, RestoreConfig, SnapshotPaths, Vm, VmConfig};
 use husk_vmm::virtio::VirtioDevice;
@@ -48,6 +48,50 @@ pub struct Builtin {
 struct RunningVm {
     vm: Vm,
     exit: Option<ExitReason>,
+    nics: Vec<NicCounters>,
+}
+
+/// One NIC's device counters, read when the VM ends.
+struct NicCounters {
+    tap: String,
+    stats: NetStatsHandle,
+}
+
+impl RunningVm {
+    fn new(vm: Vm, nics: Vec<NicCounters>) -> Self {
+        Self {
+            vm,
+            exit: None,
+            nics,
+        }
+    }
+
+    /// One `info` line per NIC with what its device moved: a network that
+    /// stalled shows which way frames stopped (the guest's own counters
+    /// say what it received and sent).
+    fn log_nic_counters(&self) {
+        for nic in &self.nics {
+            let s = nic.stats.stats();
+            tracing::info!(
+                tap = %nic.tap,
+                rx_frames = s.rx_frames,
+                rx_bytes = s.rx_bytes,
+                rx_dropped = s.rx_dropped,
+                tx_frames = s.tx_frames,
+                tx_bytes = s.tx_bytes,
+                tx_dropped = s.tx_dropped,
+                bad_chains = s.bad_chains,
+                "virtio-net counters at the VM's end"
+            );
+        }
+    }
+}
+
+/// A VM's console sink, virtio devices and NIC counters.
+struct Devices {
+    console: File,
+    virtio: Vec<Box<dyn VirtioDevice>>,
+    nics: Vec<NicCounters>,
 }
 
 impl Builtin {
@@ -59,7 +103,7 @@ impl Builtin {
 
 /// The console sink and virtio devices of `spec`'s VM, on its own sockets,
 /// share and taps.
-fn devices(spec: &VmSpec) -> Result<(File, Vec<Box<dyn VirtioDevice>>), Error> {
+fn devices(spec: &VmSpec) -> Result<Devices, Error> {
     let dir = &spec.sandbox;
     let console_path = dir.console_log();
     let console = File::create(&console_path).map_err(|source| Error::LogFile {
@@ -76,8 +120,9 @@ fn devices(spec: &VmSpec) -> Result<(File, Vec<Box<dyn VirtioDevice>>), Error> {
         message: e.to_string(),
     })?;
 
-    let mut devices: Vec<Box<dyn VirtioDevice>> =
+    let mut virtio: Vec<Box<dyn VirtioDevice>> =
         vec![Box::new(vsock), Box::new(FsMmioDevice::new(fs))];
+    let mut nics = Vec::with_capacity(spec.nics.len());
     // NICs after vsock and fs, so the guest's first NIC is always the third
     // virtio-mmio device and enumerates in the spec's order.
     for nic in &spec.nics {
@@ -86,22 +131,33 @@ fn devices(spec: &VmSpec) -> Result<(File, Vec<Box<dyn VirtioDevice>>), Error> {
             message: e.to_string(),
         };
         let tap = nic.tap.try_clone().map_err(net_error)?;
-        devices.push(Box::new(
-            NetMmioDevice::new(tap, nic.config).map_err(net_error)?,
-        ));
+        let device = NetMmioDevice::new(tap, nic.config).map_err(net_error)?;
+        nics.push(NicCounters {
+            tap: nic.tap.name().to_owned(),
+            stats: device.stats_handle(),
+        });
+        virtio.push(Box::new(device));
     }
-    Ok((console, devices))
+    Ok(Devices {
+        console,
+        virtio,
+        nics,
+    })
 }
 
-/// Builds (but does not start) the VM for `spec`.
-fn build(spec: &VmSpec) -> Result<Vm, Error> {
-    let (console, devices) = devices(spec)?;
+/// Builds (but does not start) the VM for `spec`, with its NICs' counters.
+fn build(spec: &VmSpec) -> Result<(Vm, Vec<NicCounters>), Error> {
+    let Devices {
+        console,
+        virtio,
+        nics,
+    } = devices(spec)?;
     let mut config = VmConfig::new(&spec.kernel);
     config.vcpus = u32::from(spec.vcpus);
     config.memory_mib = u64::from(spec.memory_mib);
     config.initrd = Some(spec.initrd.clone());
     config.cmdline = cmdline(spec);
-    config.devices = devices;
+    config.devices = virtio;
     config.console = Box::new(console);
     tracing::debug!(
         cmdline = %config.cmdline,
@@ -109,7 +165,8 @@ fn build(spec: &VmSpec) -> Result<Vm, Error> {
         memory_mib = config.memory_mib,
         "building the builtin VM"
     );
-    Vm::new(config).map_err(Error::Machine)
+    let vm = Vm::new(config).map_err(Error::Machine)?;
+    Ok((vm, nics))
 }
 
 impl Builtin {
@@ -159,13 +216,17 @@ impl Builtin {
         for (i, nic) in spec.nics.iter_mut().enumerate() {
             nic.config.mac = placeholder::mac(i);
         }
-        let (console, devices) = devices(&spec)?;
+        let Devices {
+            console,
+            virtio,
+            nics,
+        } = devices(&spec)?;
         let mut config = RestoreConfig::new(paths.clone(), key);
-        config.devices = devices;
+        config.devices = virtio;
         config.console = Box::new(console);
         let mut vm = Vm::restore(config).map_err(Error::Machine)?;
         vm.start().map_err(Error::Machine)?;
-        self.vm = Some(RunningVm { vm, exit: None });
+        self.vm = Some(RunningVm::new(vm, nics));
         Ok(())
     }
 }
@@ -176,10 +237,10 @@ impl Hypervisor for Builtin {
             return Err(Error::AlreadyRunning);
         }
         check_spec(spec)?;
-        let mut vm = build(spec)?;
+        let (mut vm, nics) = build(spec)?;
         // On failure `vm` is dropped, which joins any vCPU thread started.
         vm.start().map_err(Error::Machine)?;
-        self.vm = Some(RunningVm { vm, exit: None });
+        self.vm = Some(RunningVm::new(vm, nics));
         Ok(())
     }
 
@@ -212,6 +273,7 @@ impl Hypervisor for Builtin {
                 }
             }
         };
+        running.log_nic_counters();
         // Dropping the VM drops its devices: their worker threads are
         // joined and the vsock listener's socket is removed.
         drop(running);

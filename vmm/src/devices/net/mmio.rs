@@ -51,8 +51,36 @@ impl NetMmioDevice {
         self.device().stats()
     }
 
+    /// A handle that reads this device's counters after the device itself
+    /// went into the VM (which owns it from then on).
+    pub fn stats_handle(&self) -> NetStatsHandle {
+        NetStatsHandle(self.device.clone())
+    }
+
     fn device(&self) -> MutexGuard<'_, NetDevice> {
         self.device.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Reads one [`NetMmioDevice`]'s counters from outside the VM.
+#[derive(Clone)]
+pub struct NetStatsHandle(Arc<Mutex<NetDevice>>);
+
+impl NetStatsHandle {
+    /// Frame and error counters so far.
+    pub fn stats(&self) -> NetStats {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .stats()
+    }
+}
+
+impl std::fmt::Debug for NetStatsHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("NetStatsHandle")
+            .field(&self.stats())
+            .finish()
     }
 }
 

@@ -24,7 +24,7 @@ use std::io;
 pub use device::{
     NetDevice, NetStats, CONFIG_SPACE_LEN, MAX_FRAME_LEN, NUM_QUEUES, RX_QUEUE, TX_QUEUE,
 };
-pub use mmio::NetMmioDevice;
+pub use mmio::{NetMmioDevice, NetStatsHandle};
 pub use tap::{Tap, VNET_HDR_LEN};
 pub use vhost_user::{serve_net, NetBackend};
 

@@ -720,3 +720,62 @@ fn rx_and_tx_both_ways_with_offloads_negotiated() {
         assert_eq!(got, frame(80, 100 + n as u8));
     }
 }
+
+#[test]
+fn the_stats_handle_reads_the_counters_of_a_device_the_vm_owns() {
+    use std::sync::Arc;
+
+    use vm_memory::GuestMemoryAtomic;
+    use vmm_sys_util::eventfd::EventFd;
+
+    use crate::test_support::InterruptRecorder;
+    use crate::virtio::{Activation, ActiveQueue, InterruptKind, VirtioDevice};
+
+    let Some((tap, peer)) = tap_in_netns(1500) else {
+        return;
+    };
+    let device = super::NetMmioDevice::new(tap, config()).unwrap();
+    let handle = device.stats_handle();
+    // From here the device is only reachable as the VM holds it.
+    let mut device: Box<dyn VirtioDevice> = Box::new(device);
+    let mem = memory();
+    let (rx_drv, mut tx_drv) = queues();
+    let f = frame(200, 3);
+    let mut packet = plain_header().to_vec();
+    packet.extend(&f);
+    mem.write_slice(&packet, GuestAddress(BUFS)).unwrap();
+    let head = tx_drv.publish(&mem, &[(BUFS, packet.len() as u32)], false);
+    let (interrupts, irqs) = InterruptRecorder::new();
+    let tx_kick = EventFd::new(0).unwrap();
+    let activation = Activation {
+        mem: GuestMemoryAtomic::new(mem.clone()),
+        acked_features: VERSION_1,
+        queues: vec![
+            ActiveQueue {
+                index: 0,
+                queue: rx_drv.queue(),
+                notifier: EventFd::new(0).unwrap(),
+            },
+            ActiveQueue {
+                index: 1,
+                queue: tx_drv.queue(),
+                notifier: tx_kick.try_clone().unwrap(),
+            },
+        ],
+        interrupt: Arc::new(interrupts),
+    };
+    crate::seccomp::on_vcpu_thread(|| device.activate(activation)).unwrap();
+    tx_kick.write(1).unwrap();
+    assert_eq!(peer.recv().as_deref(), Some(&f[..]));
+    assert_eq!(
+        irqs.recv_timeout(Duration::from_secs(5)),
+        Ok(InterruptKind::Queue(1))
+    );
+    assert_eq!(tx_drv.take_used(&mem), [(head, 0)]);
+    let s = handle.stats();
+    assert_eq!((s.tx_frames, s.tx_bytes), (1, f.len() as u64));
+    assert_eq!((s.rx_frames, s.bad_chains), (0, 0));
+    // The counters outlive a reset (the VM's end), for the last report.
+    crate::seccomp::on_vcpu_thread(|| device.reset());
+    assert_eq!(handle.stats().tx_frames, 1);
+}

@@ -650,24 +650,15 @@ fn serve_vsock_listens_and_stops_cleanly() {
 }
 
 mod mmio_face {
-    use std::sync::mpsc;
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
 
     use vm_memory::GuestMemoryAtomic;
     use vmm_sys_util::eventfd::EventFd;
 
     use super::*;
     use crate::devices::vsock::VsockMmioDevice;
-    use crate::virtio::{Activation, ActiveQueue, InterruptKind, VirtioDevice, VirtioInterrupt};
-
-    struct Recorder(Mutex<mpsc::Sender<InterruptKind>>);
-
-    impl VirtioInterrupt for Recorder {
-        fn notify(&self, kind: InterruptKind) -> std::io::Result<()> {
-            let _ = self.0.lock().unwrap().send(kind);
-            Ok(())
-        }
-    }
+    use crate::test_support::InterruptRecorder;
+    use crate::virtio::{Activation, ActiveQueue, InterruptKind, VirtioDevice};
 
     #[test]
     fn worker_serves_queues_and_host_events_until_reset() {
@@ -698,7 +689,7 @@ mod mmio_face {
                 notifier: EventFd::new(0).unwrap(),
             },
         ];
-        let (send, irqs) = mpsc::channel();
+        let (interrupts, irqs) = InterruptRecorder::new();
         // Activation and reset run where the builtin VMM runs them: on a
         // thread under the vCPU filter.
         crate::seccomp::on_vcpu_thread(|| {
@@ -706,7 +697,7 @@ mod mmio_face {
                 mem: GuestMemoryAtomic::new(mem.clone()),
                 acked_features: 1 << 32,
                 queues,
-                interrupt: Arc::new(Recorder(Mutex::new(send))),
+                interrupt: Arc::new(interrupts),
             })
         })
         .unwrap();
@@ -733,7 +724,7 @@ mod mmio_face {
         let mut dev = VsockMmioDevice::new(CID, &dir.path().join("s")).unwrap();
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let rxd = DriverQueue::new(0x1_0000);
-        let (send, _irqs) = mpsc::channel();
+        let (interrupts, _irqs) = InterruptRecorder::new();
         let result = dev.activate(Activation {
             mem: GuestMemoryAtomic::new(mem),
             acked_features: 0,
@@ -742,7 +733,7 @@ mod mmio_face {
                 queue: rxd.queue(),
                 notifier: EventFd::new(0).unwrap(),
             }],
-            interrupt: Arc::new(Recorder(Mutex::new(send))),
+            interrupt: Arc::new(interrupts),
         });
         assert!(result.is_err());
     }

@@ -1,8 +1,7 @@
 //! The virtio-mmio face: activation starts a sandboxed worker that answers kicks with
 //! interrupts; reset joins it.
 
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use fuse_backend_rs::abi::fuse_abi::{EntryOut, InitIn, Opcode};
@@ -13,9 +12,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::harness::{message, Reply};
 use crate::devices::fs::{FsConfig, FsDevice, FsMmioDevice, CONFIG_SPACE_LEN};
-use crate::virtio::{
-    ActivateError, Activation, ActiveQueue, InterruptKind, VirtioDevice, VirtioInterrupt,
-};
+use crate::test_support::InterruptRecorder;
+use crate::virtio::{ActivateError, Activation, ActiveQueue, InterruptKind, VirtioDevice};
 
 const DESC: u64 = 0x0;
 const AVAIL: u64 = 0x1000;
@@ -23,16 +21,6 @@ const USED: u64 = 0x2000;
 const REQ: u64 = 0x10_0000;
 const REPLY: u64 = 0x20_0000;
 const QSIZE: u16 = 16;
-
-/// Records interrupts for the test to wait on.
-struct Interrupts(Mutex<mpsc::Sender<InterruptKind>>);
-
-impl VirtioInterrupt for Interrupts {
-    fn notify(&self, kind: InterruptKind) -> std::io::Result<()> {
-        let _ = self.0.lock().unwrap().send(kind);
-        Ok(())
-    }
-}
 
 fn request_queue() -> Queue {
     let mut q = Queue::new(QSIZE).unwrap();
@@ -90,7 +78,7 @@ fn activated_device_answers_kicks_and_reset_stops_it() {
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap();
     let notifier = EventFd::new(0).unwrap();
     let kick = notifier.try_clone().unwrap();
-    let (tx, rx) = mpsc::channel();
+    let (interrupts, rx) = InterruptRecorder::new();
     let features = dev.features();
     // Activation and reset run where the builtin VMM runs them: on a thread
     // under the vCPU filter; the worker runs under its own.
@@ -103,7 +91,7 @@ fn activated_device_answers_kicks_and_reset_stops_it() {
                 queue: request_queue(),
                 notifier,
             }],
-            interrupt: Arc::new(Interrupts(Mutex::new(tx))),
+            interrupt: Arc::new(interrupts),
         })
     })
     .unwrap();
@@ -156,7 +144,7 @@ fn activation_without_a_request_queue_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let mut dev = FsMmioDevice::new(FsDevice::new(FsConfig::new(dir.path(), "husk")).unwrap());
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
-    let (tx, _rx) = mpsc::channel();
+    let (interrupts, _rx) = InterruptRecorder::new();
     let err = dev
         .activate(Activation {
             mem: GuestMemoryAtomic::new(mem),
@@ -166,7 +154,7 @@ fn activation_without_a_request_queue_is_refused() {
                 queue: request_queue(),
                 notifier: EventFd::new(0).unwrap(),
             }],
-            interrupt: Arc::new(Interrupts(Mutex::new(tx))),
+            interrupt: Arc::new(interrupts),
         })
         .unwrap_err();
     assert!(matches!(err, ActivateError::MissingQueue(1)));
