@@ -487,11 +487,6 @@ net_setup() {
 }
 mkdir -p "$W/www"
 echo 'hello over virtio-net' >"$W/www/index.html"
-# net_check PREFIX ID RUN: in a fresh pair of namespaces (net_setup), bundle
-# ID's container shows its NIC and fetches the peer's page, started by the
-# command `RUN ID` (its output in $W/ID.out and $W/ID.err); the checks'
-# names start with PREFIX. Sets net_status to the run's exit status and
-# removes the namespaces again.
 # The container's fetch of the peer's page. wget is sh's child, not the
 # container's PID 1 (sh would exec a last simple command), so timeout's
 # signal reaches it: a PID 1 ignores signals it has no handler for. A
@@ -525,6 +520,11 @@ net_evidence() {
             awk '$5 ~ /^husk/ {print $5 ":" $3 ":" $4}' "$hang" | sort | uniq -c | head -n 20
     } 2>/dev/null | tr -s ' \n' ' ' | cut -c1-1500
 }
+# net_check PREFIX ID RUN: in a fresh pair of namespaces (net_setup), bundle
+# ID's container shows its NIC and fetches the peer's page, started by the
+# command `RUN ID` (its output in $W/ID.out and $W/ID.err); the checks'
+# names start with PREFIX. Sets net_status to the run's exit status and
+# removes the namespaces again.
 net_check() {
     local prefix=$1 id=$2 runner=$3 httpd_pid taps
     net_status=

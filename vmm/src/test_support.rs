@@ -13,11 +13,15 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::virtio::{InterruptKind, VirtioInterrupt};
 
 /// Where payloads are linked and loaded (the kernel's usual 1 MiB).
 pub const LOAD_ADDR: u64 = 0x10_0000;
@@ -402,25 +406,20 @@ pub fn write_descriptor(mem: &GuestMemoryMmap, table: u64, slot: u16, desc: Desc
     mem.write_obj(next, GuestAddress(at + 14)).unwrap();
 }
 
-/// A [`VirtioInterrupt`](crate::virtio::VirtioInterrupt) that hands every
-/// interrupt a device raises to the receiver [`new`](Self::new) returns.
-pub struct InterruptRecorder(
-    std::sync::Mutex<std::sync::mpsc::Sender<crate::virtio::InterruptKind>>,
-);
+/// A [`VirtioInterrupt`] that hands every interrupt a device raises to the
+/// receiver [`new`](Self::new) returns.
+pub struct InterruptRecorder(Mutex<Sender<InterruptKind>>);
 
 impl InterruptRecorder {
     /// The recorder, and where its interrupts arrive.
-    pub fn new() -> (
-        Self,
-        std::sync::mpsc::Receiver<crate::virtio::InterruptKind>,
-    ) {
-        let (tx, rx) = std::sync::mpsc::channel();
-        (Self(std::sync::Mutex::new(tx)), rx)
+    pub fn new() -> (Self, Receiver<InterruptKind>) {
+        let (tx, rx) = mpsc::channel();
+        (Self(Mutex::new(tx)), rx)
     }
 }
 
-impl crate::virtio::VirtioInterrupt for InterruptRecorder {
-    fn notify(&self, kind: crate::virtio::InterruptKind) -> std::io::Result<()> {
+impl VirtioInterrupt for InterruptRecorder {
+    fn notify(&self, kind: InterruptKind) -> std::io::Result<()> {
         let _ = self.0.lock().unwrap().send(kind);
         Ok(())
     }

@@ -46,13 +46,8 @@ impl NetMmioDevice {
         })
     }
 
-    /// Frame and error counters so far.
-    pub fn stats(&self) -> NetStats {
-        self.device().stats()
-    }
-
-    /// A handle that reads this device's counters after the device itself
-    /// went into the VM (which owns it from then on).
+    /// A handle that reads this device's frame and error counters, also
+    /// after the device itself went into the VM (which owns it from then on).
     pub fn stats_handle(&self) -> NetStatsHandle {
         NetStatsHandle(self.device.clone())
     }
